@@ -1,0 +1,5 @@
+"""``python -m service_ambitions``."""
+
+from service_ambitions.cli.app import main
+
+main()

@@ -1,0 +1,53 @@
+"""The Typer application and the console-script entry point."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from service_ambitions import __version__
+from service_ambitions.cli import preflight, run, validate
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="service-ambitions",
+    help=(
+        "Ask an LLM how each business service evolves across maturity plateaus, which features each "
+        "customer role gets, and which catalogue items support them. Writes validated JSONL.\n\n"
+        "Exit codes: 0 ok; 1 services failed/quarantined under --strict or --fail-on-quarantine; "
+        "2 usage or configuration error; 3 input problem or resume refused; 4 budget exhausted; "
+        "5 cache integrity findings; 130 interrupted."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"service-ambitions {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Service ambitions batch pipeline."""
+
+
+app.command("run")(run.run)
+app.command("validate")(validate.validate)
+app.command("preflight")(preflight.preflight)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

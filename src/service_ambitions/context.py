@@ -1,0 +1,119 @@
+"""The :class:`RunContext`: everything a run needs, built once from settings and passed down."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from service_ambitions import __version__
+from service_ambitions.content.loader import Content, load_content
+from service_ambitions.llm.gateway import Gateway
+from service_ambitions.llm.offline import is_offline
+from service_ambitions.llm.providers import check_provider_keys
+from service_ambitions.settings import Settings
+from service_ambitions.store.cache import ResponseCache
+
+if TYPE_CHECKING:
+    from pydantic_ai.models import Model
+
+__all__ = ["RunContext", "build_context", "git_sha", "settings_digest"]
+
+
+def git_sha() -> str | None:
+    """The commit of the tool's source tree, when it runs from a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        completed = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = completed.stdout.strip()
+    return sha if completed.returncode == 0 and len(sha) == 40 else None
+
+
+def settings_digest(settings: Settings, content: Content) -> str:
+    """Digest of everything in the settings and content that changes the output."""
+    basis = json.dumps(
+        {"settings": settings.output_affecting(), "content": content.digest},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(basis.encode()).hexdigest()
+
+
+@dataclass
+class RunContext:
+    """One run's collaborators."""
+
+    settings: Settings
+    content: Content
+    cache: ResponseCache
+    gateway: Gateway
+    tool_version: str
+    git_sha: str | None
+
+    @property
+    def synthetic(self) -> bool:
+        """True when any configured model is the offline model."""
+        models = list(self.settings.stage_models().values())
+        models.extend(model for fallbacks in self.settings.model_fallbacks.values() for model in fallbacks)
+        return any(is_offline(model) for model in models)
+
+    def close(self) -> None:
+        """Release what the context holds."""
+        self.cache.close()
+
+
+def build_content(settings: Settings) -> Content:
+    """Load the content the settings point at."""
+    return load_content(
+        data_dir=settings.data_dir,
+        prompt_dir=settings.prompt_dir,
+        roles_file=settings.roles_file,
+        context_id=settings.context_id,
+        inspiration=settings.inspiration,
+        mapping_sets=list(settings.mapping_sets),
+    )
+
+
+def build_context(settings: Settings, *, models: Mapping[str, Model] | None = None) -> RunContext:
+    """Validate keys, load content, open the cache and build the gateway.
+
+    Args:
+        settings: The run's settings.
+        models: Ready-made models by id (tests inject scripted fakes here); others are resolved.
+
+    Raises:
+        UsageError: Missing provider key, bad model id, or unloadable content (before any model call).
+    """
+    given = dict(models or {})
+    check_provider_keys(settings, [model for model in _model_ids(settings) if model not in given])
+    content = build_content(settings)
+    cache = ResponseCache(
+        settings.cache_dir,
+        mode=settings.cache_mode,
+        max_bytes=settings.cache_max_bytes,
+        ttl_seconds=settings.cache_ttl,
+    )
+    gateway = Gateway(settings, system_prompt=content.system_prompt, cache=cache, models=given)
+    return RunContext(
+        settings=settings,
+        content=content,
+        cache=cache,
+        gateway=gateway,
+        tool_version=__version__,
+        git_sha=git_sha(),
+    )
+
+
+def _model_ids(settings: Settings) -> list[str]:
+    ids = set(settings.stage_models().values())
+    for fallbacks in settings.model_fallbacks.values():
+        ids.update(fallbacks)
+    return sorted(ids)

@@ -1,0 +1,227 @@
+"""The :class:`ProcessingEngine`: streams services through the pipeline, bounded, in input order.
+
+Capacity (``concurrency``) is acquired *before* a service task is spawned and released only when
+its record has been written, so at most ``concurrency`` services are in flight or waiting in the
+reorder buffer: memory stays O(concurrency) whatever the input size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service_ambitions.context import RunContext, settings_digest
+from service_ambitions.domain.output import Header, ServiceEvolution
+from service_ambitions.engine.pipeline import ServicePipeline, ServiceResult
+from service_ambitions.engine.problems import Problem
+from service_ambitions.errors import PipelineError, QuarantineKind
+from service_ambitions.store.inputs import BadLine, InputLine, file_digest, read_services
+from service_ambitions.store.quarantine import QuarantineStore, quarantine_dir_for
+from service_ambitions.store.writer import OutputWriter
+
+__all__ = ["ProcessingEngine", "RunReport", "run_id_for"]
+
+log = logging.getLogger("service_ambitions.engine")
+
+
+@dataclass
+class RunReport:
+    """What a run did; the CLI turns it into the summary and the exit code."""
+
+    run_id: str
+    output: Path
+    services_ok: int = 0
+    services_failed: int = 0
+    input_invalid: int = 0
+    problems: int = 0
+    quarantined: int = 0
+    unknown_ids: int = 0
+    wall_seconds: float = 0.0
+    failed_ids: list[str] = field(default_factory=list)
+
+
+def run_id_for(input_digest: str, settings_digest: str, seed: int) -> str:
+    """A run id derived from what the run is made of (reruns share it)."""
+    basis = f"{input_digest}|{settings_digest}|{seed}"
+    return hashlib.sha256(basis.encode()).hexdigest()[:16]
+
+
+@dataclass
+class _Slot:
+    result: ServiceResult | None = None
+    done: bool = False
+
+
+class ProcessingEngine:
+    """Runs a batch: input file in, output file (+ quarantine) out."""
+
+    def __init__(self, context: RunContext) -> None:
+        self.context = context
+        self.settings = context.settings
+        self.pipeline = ServicePipeline(
+            context.content, context.gateway, plateau_concurrency=self.settings.plateau_concurrency
+        )
+
+    def header(self, input_digest: str, run_id: str) -> Header:
+        """The header line of the output."""
+        settings = self.settings
+        return Header(
+            tool_version=self.context.tool_version,
+            git_sha=self.context.git_sha,
+            run_id=run_id,
+            seed=settings.seed,
+            models=settings.stage_models(),
+            synthetic=self.context.synthetic,
+            mapping_sets=[catalogue.field for catalogue in self.context.content.catalogues],
+            catalogue_hash=self.context.content.catalogue_hash,
+            input_digest=input_digest,
+            settings={**settings.output_affecting(), "content_digest": self.context.content.digest},
+        )
+
+    async def run(self, input_path: Path, output_path: Path, *, max_services: int | None = None) -> RunReport:
+        """Process every service of ``input_path`` into ``output_path``."""
+        started = time.perf_counter()
+        input_digest = file_digest(input_path)
+        run_id = run_id_for(input_digest, settings_digest(self.settings, self.context.content), self.settings.seed)
+        report = RunReport(run_id=run_id, output=output_path)
+        quarantine = QuarantineStore(quarantine_dir_for(output_path))
+        quarantine.reset()
+        writer = OutputWriter(output_path)
+        writer.start(self.header(input_digest, run_id))
+        try:
+            await self._process(input_path, writer, quarantine, report, max_services)
+        finally:
+            writer.close()
+            report.quarantined = quarantine.written
+            report.wall_seconds = time.perf_counter() - started
+        return report
+
+    async def _process(
+        self,
+        input_path: Path,
+        writer: OutputWriter,
+        quarantine: QuarantineStore,
+        report: RunReport,
+        max_services: int | None,
+    ) -> None:
+        capacity = asyncio.Semaphore(self.settings.concurrency)
+        slots: dict[int, _Slot] = {}
+        next_to_write = 0
+        scheduled = 0
+
+        def drain() -> None:
+            nonlocal next_to_write
+            while (slot := slots.get(next_to_write)) is not None and slot.done:
+                del slots[next_to_write]
+                next_to_write += 1
+                if slot.result is not None:
+                    writer.write(slot.result.record)
+                capacity.release()
+
+        async def one(index: int, item: InputLine) -> None:
+            slot = slots[index]
+            try:
+                slot.result = await self._service(item, quarantine, report)
+            finally:
+                slot.done = True
+                drain()
+
+        async with asyncio.TaskGroup() as group:
+            for item in read_services(input_path):
+                if isinstance(item, BadLine):
+                    self._bad_line(item, quarantine, report)
+                    continue
+                if max_services is not None and scheduled >= max_services:
+                    break
+                await capacity.acquire()
+                slots[scheduled] = _Slot()
+                group.create_task(one(scheduled, item))
+                scheduled += 1
+
+    def _bad_line(self, item: BadLine, quarantine: QuarantineStore, report: RunReport) -> None:
+        report.input_invalid += 1
+        log.warning("input line %d skipped: %s", item.line, item.reason)
+        quarantine.add(
+            service_id=item.service_id,
+            stage="input",
+            kind=QuarantineKind.INPUT_INVALID,
+            error=f"line {item.line}: {item.reason}",
+            payload=item.raw[:10_000],
+            run_id=report.run_id,
+            line=item.line,
+        )
+
+    async def _service(self, item: InputLine, quarantine: QuarantineStore, report: RunReport) -> ServiceResult | None:
+        service_id = item.service.service_id
+        try:
+            result = await self.pipeline.run(item.service)
+        except PipelineError as exc:
+            report.services_failed += 1
+            report.failed_ids.append(service_id)
+            log.error("service %s failed at %s: %s", service_id, exc.stage, exc.message)
+            quarantine.add(
+                service_id=service_id,
+                stage=exc.stage or "pipeline",
+                kind=exc.kind,
+                error=str(exc),
+                payload=exc.payload,
+                run_id=report.run_id,
+                line=item.line,
+            )
+            return None
+        report.unknown_ids += result.unknown_ids
+        fatal = self._record_problems(service_id, item.line, result.problems, quarantine, report)
+        if fatal:
+            report.services_failed += 1
+            report.failed_ids.append(service_id)
+            log.error("service %s failed under --strict: %s", service_id, fatal[0].error)
+            quarantine.add(
+                service_id=service_id,
+                stage=fatal[0].stage,
+                kind=fatal[0].kind,
+                error=f"--strict: {len(fatal)} problem(s); first: {fatal[0].error}",
+                payload={"problems": [problem.error for problem in fatal]},
+                run_id=report.run_id,
+                line=item.line,
+            )
+            return None
+        report.services_ok += 1
+        return result
+
+    def _record_problems(
+        self,
+        service_id: str,
+        line: int,
+        problems: list[Problem],
+        quarantine: QuarantineStore,
+        report: RunReport,
+    ) -> list[Problem]:
+        """Log and quarantine problems; return those that fail the service under --strict."""
+        fatal: list[Problem] = []
+        for problem in problems:
+            if problem.warning_only:
+                log.warning("service %s: %s", service_id, problem.error)
+                continue
+            report.problems += 1
+            log.warning("service %s (%s): %s", service_id, problem.kind, problem.error)
+            quarantine.add(
+                service_id=service_id,
+                stage=problem.stage,
+                kind=problem.kind,
+                error=problem.error,
+                payload=problem.payload,
+                run_id=report.run_id,
+                line=line,
+            )
+            if self.settings.strict:
+                fatal.append(problem)
+        return fatal
+
+
+def record_line(record: ServiceEvolution) -> str:
+    """The output line of a record (compact JSON, UTF-8)."""
+    return record.model_dump_json()

@@ -1,0 +1,252 @@
+"""The stage pipeline of one service: descriptions → features(p) → mapping(p, set) → assemble.
+
+Per plateau, the features call and then the mapping calls run as one task; up to
+``plateau_concurrency`` plateaus run at once, so the features of plateau N+1 overlap the mappings
+of plateau N. The result does not depend on the overlap: every plateau is assembled on its own and
+placed by level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from service_ambitions.content.loader import Content
+from service_ambitions.content.render import (
+    descriptions_values,
+    features_values,
+    mapping_values,
+    render_template,
+    user_content,
+)
+from service_ambitions.domain.ids import feature_id
+from service_ambitions.domain.inputs import ServiceInput
+from service_ambitions.domain.output import (
+    PlateauFeature,
+    PlateauProvenance,
+    PlateauResult,
+    Provenance,
+    ServiceEvolution,
+    SupportingItem,
+)
+from service_ambitions.domain.reference import Plateau
+from service_ambitions.domain.responses import DescriptionsResponse, FeatureItem
+from service_ambitions.engine.assemble import assemble_plateau
+from service_ambitions.engine.mapping import merge_mapping
+from service_ambitions.engine.problems import Problem
+from service_ambitions.errors import ProcessingError, QuarantineKind
+from service_ambitions.llm.gateway import Gateway
+
+__all__ = ["ServicePipeline", "ServiceResult", "strip_preamble"]
+
+_PREAMBLE = re.compile(r"^\s*prepared plateau-\d+ description for [^:]*:\s*", re.IGNORECASE)
+
+
+def strip_preamble(text: str) -> str:
+    """Remove a leading ``Prepared plateau-<n> description for <x>:`` some models add."""
+    return _PREAMBLE.sub("", text, count=1).strip()
+
+
+@dataclass
+class ServiceResult:
+    """A finished service: its record and the problems found on the way."""
+
+    record: ServiceEvolution
+    problems: list[Problem] = field(default_factory=list)
+    unknown_ids: int = 0
+
+
+@dataclass
+class _PlateauOutcome:
+    result: PlateauResult
+    provenance: PlateauProvenance
+    problems: list[Problem]
+    unknown_ids: int
+
+
+class ServicePipeline:
+    """Runs the stages of one service through the gateway."""
+
+    def __init__(self, content: Content, gateway: Gateway, *, plateau_concurrency: int) -> None:
+        self.content = content
+        self.gateway = gateway
+        self.plateau_concurrency = plateau_concurrency
+
+    async def run(self, service: ServiceInput) -> ServiceResult:
+        """Produce the record of one service.
+
+        Raises:
+            PipelineError: A stage failed; the caller quarantines the service.
+        """
+        descriptions, descriptions_model = await self._descriptions(service)
+        semaphore = asyncio.Semaphore(self.plateau_concurrency)
+        outcomes: dict[int, _PlateauOutcome] = {}
+
+        async def plateau_task(plateau: Plateau) -> None:
+            async with semaphore:
+                outcomes[plateau.level] = await self._plateau(service, plateau, descriptions[plateau.level])
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for plateau in self.content.plateaus:
+                    group.create_task(plateau_task(plateau))
+        except* Exception as failures:
+            raise failures.exceptions[0] from None
+
+        ordered = [outcomes[plateau.level] for plateau in self.content.plateaus]
+        problems = [problem for outcome in ordered for problem in outcome.problems]
+        problems.extend(self._empty_roles(ordered))
+        record = ServiceEvolution(
+            service=service,
+            plateaus=[outcome.result for outcome in ordered],
+            provenance=Provenance(
+                descriptions=descriptions_model, plateaus=[outcome.provenance for outcome in ordered]
+            ),
+        )
+        return ServiceResult(
+            record=record, problems=problems, unknown_ids=sum(outcome.unknown_ids for outcome in ordered)
+        )
+
+    def _empty_roles(self, outcomes: list[_PlateauOutcome]) -> list[Problem]:
+        with_features = {feature.customer_type for outcome in outcomes for feature in outcome.result.features}
+        return [
+            Problem(
+                QuarantineKind.SCHEMA_MISMATCH,
+                "features",
+                f"role {role.role_id!r} has no features at any plateau",
+                {"role_id": role.role_id, "empty_role": True},
+            )
+            for role in self.content.roles
+            if role.role_id not in with_features
+        ]
+
+    async def _descriptions(self, service: ServiceInput) -> tuple[dict[int, str], str]:
+        prompt = render_template(self.content.templates["descriptions"], descriptions_values(self.content.plateaus))
+        answer = await self.gateway.call(
+            stage="descriptions",
+            service_id=service.service_id,
+            user_prompt=user_content(service, prompt),
+            output_type=DescriptionsResponse,
+        )
+        by_name: dict[str, str] = {}
+        for item in answer.output.descriptions:
+            by_name.setdefault(item.plateau_name.strip().casefold(), strip_preamble(item.description))
+        descriptions: dict[int, str] = {}
+        missing: list[str] = []
+        for plateau in self.content.plateaus:
+            text = by_name.get(plateau.name.casefold(), "")
+            if not text:
+                missing.append(plateau.name)
+            descriptions[plateau.level] = text
+        if missing:
+            raise ProcessingError(
+                f"no description for plateau(s) {', '.join(missing)}",
+                service_id=service.service_id,
+                stage="descriptions",
+                model_name=answer.model,
+                payload=answer.output.model_dump(mode="json"),
+            )
+        return descriptions, answer.model
+
+    async def _plateau(self, service: ServiceInput, plateau: Plateau, description: str) -> _PlateauOutcome:
+        features, features_model, problems = await self._features(service, plateau, description)
+        listing = [{"id": item.feature_id, "name": item.name, "description": item.description} for item in features]
+        feature_ids = [item.feature_id for item in features]
+        contributions: dict[str, dict[str, list[SupportingItem]]] = {}
+        mapping_models: dict[str, str] = {}
+        unknown_ids = 0
+
+        async def map_set(index: int) -> tuple[int, Any]:
+            catalogue = self.content.catalogues[index]
+            prompt = render_template(self.content.templates["mapping"], mapping_values(plateau, catalogue, listing))
+            answer = await self.gateway.call(
+                stage="mapping",
+                service_id=service.service_id,
+                user_prompt=user_content(service, prompt),
+                output_type=self.content.mapping_models[catalogue.field],
+            )
+            merged = merge_mapping(
+                catalogue=catalogue,
+                facet_model=self.content.facet_models.get(catalogue.field),
+                feature_ids=feature_ids,
+                response=answer.output.normalised(),
+                plateau=plateau.level,
+            )
+            return index, (answer.model, merged)
+
+        results: list[tuple[int, Any]] = []
+        if features:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(map_set(index)) for index in range(len(self.content.catalogues))]
+            except* Exception as failures:
+                raise failures.exceptions[0] from None
+            results = sorted(task.result() for task in tasks)
+        for index, (model, merged) in results:
+            field_name = self.content.catalogues[index].field
+            contributions[field_name] = merged.contributions
+            mapping_models[field_name] = model
+            problems.extend(merged.problems)
+            unknown_ids += merged.unknown_count
+        result = assemble_plateau(
+            plateau=plateau,
+            description=description,
+            features=features,
+            roles=self.content.roles,
+            catalogues=self.content.catalogues,
+            contributions=contributions,
+        )
+        provenance = PlateauProvenance(plateau=plateau.level, features=features_model, mapping=mapping_models)
+        return _PlateauOutcome(result, provenance, problems, unknown_ids)
+
+    async def _features(
+        self, service: ServiceInput, plateau: Plateau, description: str
+    ) -> tuple[list[PlateauFeature], str, list[Problem]]:
+        prompt = render_template(
+            self.content.templates["features"], features_values(plateau, description, self.content.roles)
+        )
+        answer = await self.gateway.call(
+            stage="features",
+            service_id=service.service_id,
+            user_prompt=user_content(service, prompt),
+            output_type=self.content.features_model,
+        )
+        by_role = answer.output.features  # type: ignore[attr-defined]
+        features: list[PlateauFeature] = []
+        problems: list[Problem] = []
+        seen: dict[str, PlateauFeature] = {}
+        for index, role in enumerate(self.content.roles):
+            items: list[FeatureItem] = getattr(by_role, f"role_{index}")
+            for item in items:
+                identifier = feature_id(item.name, role.role_id, plateau.name)
+                feature = PlateauFeature(
+                    feature_id=identifier,
+                    name=item.name,
+                    description=item.description,
+                    score=item.score,
+                    customer_type=role.role_id,
+                    role=role,
+                )
+                if identifier in seen:
+                    first = seen[identifier]
+                    problems.append(
+                        Problem(
+                            QuarantineKind.SCHEMA_MISMATCH,
+                            "features",
+                            f"duplicate feature id {identifier} at plateau {plateau.name}: "
+                            f"{item.name!r} for {role.role_id} repeats {first.name!r} for {first.customer_type}; "
+                            "the repeat was dropped",
+                            {
+                                "plateau": plateau.level,
+                                "feature_id": identifier,
+                                "kept": first.model_dump(mode="json"),
+                                "dropped": feature.model_dump(mode="json"),
+                            },
+                        )
+                    )
+                    continue
+                seen[identifier] = feature
+                features.append(feature)
+        return features, answer.model, problems

@@ -1,0 +1,118 @@
+"""Resolving ``provider:model`` ids to pydantic-ai models, and checking provider keys up front."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from service_ambitions.errors import ConfigError, ProviderKeyMissing
+from service_ambitions.llm.offline import OfflineModel, is_offline
+from service_ambitions.settings import Settings
+
+__all__ = ["KEY_VARIABLES", "ModelRef", "check_provider_keys", "parse_model_id", "resolve_model"]
+
+# Environment variables each provider reads its key from (first one found wins).
+KEY_VARIABLES: dict[str, tuple[str, ...]] = {
+    "openai": ("SA_OPENAI_API_KEY", "OPENAI_API_KEY"),
+    "openai-chat": ("SA_OPENAI_API_KEY", "OPENAI_API_KEY"),
+    "openai-responses": ("SA_OPENAI_API_KEY", "OPENAI_API_KEY"),
+    "anthropic": ("ANTHROPIC_API_KEY",),
+    "google": ("GOOGLE_API_KEY", "GEMINI_API_KEY"),
+    "groq": ("GROQ_API_KEY",),
+    "mistral": ("MISTRAL_API_KEY",),
+    "openrouter": ("OPENROUTER_API_KEY",),
+    "deepseek": ("DEEPSEEK_API_KEY",),
+    "cerebras": ("CEREBRAS_API_KEY",),
+    "cohere": ("CO_API_KEY",),
+    "together": ("TOGETHER_API_KEY",),
+    "fireworks": ("FIREWORKS_API_KEY",),
+    "grok": ("XAI_API_KEY",),
+    "xai": ("XAI_API_KEY",),
+}
+# Older spellings users may have in their configs.
+ALIASES = {"google-gla": "google", "gemini": "google"}
+# Providers that talk to a local server and need no key.
+KEYLESS = frozenset({"ollama", "vllm", "litellm"})
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed model id."""
+
+    provider: str
+    name: str
+
+    @property
+    def qualified(self) -> str:
+        """``provider:name``, or ``offline``."""
+        return self.name if self.provider == "offline" else f"{self.provider}:{self.name}"
+
+
+def parse_model_id(model_id: str) -> ModelRef:
+    """Split ``provider:model``; the provider prefix is required (except for ``offline``)."""
+    if is_offline(model_id):
+        return ModelRef("offline", "offline")
+    provider, sep, name = model_id.partition(":")
+    if not sep or not provider or not name:
+        raise ConfigError(
+            f"model {model_id!r} must be written provider:model (e.g. openai:gpt-5-mini) or be 'offline'"
+        )
+    return ModelRef(ALIASES.get(provider, provider), name)
+
+
+def _all_model_ids(settings: Settings) -> list[str]:
+    ids = list(settings.stage_models().values())
+    for fallbacks in settings.model_fallbacks.values():
+        ids.extend(fallbacks)
+    return sorted(set(ids))
+
+
+def _has_key(provider: str, settings: Settings) -> tuple[bool, str]:
+    if provider in KEYLESS:
+        return True, ""
+    if provider.startswith("openai") and settings.base_url:
+        return True, ""  # an OpenAI-compatible local server may not need a key
+    variables = KEY_VARIABLES.get(provider)
+    if variables is None:
+        return True, ""  # unknown provider: pydantic-ai reports what it needs
+    if provider.startswith("openai") and settings.openai_api_key is not None:
+        return True, ""
+    return any(os.environ.get(name) for name in variables), " or ".join(variables)
+
+
+def check_provider_keys(settings: Settings, model_ids: Iterable[str] | None = None) -> None:
+    """Fail before any work when a configured real provider has no key.
+
+    Raises:
+        ProviderKeyMissing: Names the model and the environment variable(s) to set.
+        ConfigError: A model id is malformed.
+    """
+    for model_id in model_ids if model_ids is not None else _all_model_ids(settings):
+        ref = parse_model_id(model_id)
+        if ref.provider == "offline":
+            continue
+        present, variables = _has_key(ref.provider, settings)
+        if not present:
+            raise ProviderKeyMissing(f"model {model_id!r} needs an API key: set {variables}")
+
+
+def resolve_model(model_id: str, settings: Settings) -> object:
+    """Build the pydantic-ai model for an id (imports provider SDKs lazily)."""
+    ref = parse_model_id(model_id)
+    if ref.provider == "offline":
+        return OfflineModel(latency_ms=settings.offline.latency_ms, jitter_ms=settings.offline.jitter_ms)
+    from pydantic_ai.models import infer_model  # noqa: PLC0415  (heavy import, kept off --help)
+
+    if ref.provider.startswith("openai"):
+        from pydantic_ai.providers.openai import OpenAIProvider  # noqa: PLC0415
+
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        if settings.base_url and key is None and not os.environ.get("OPENAI_API_KEY"):
+            key = "not-needed"  # local OpenAI-compatible servers ignore the key
+        provider = OpenAIProvider(base_url=settings.base_url, api_key=key)
+        return infer_model(f"{ref.provider}:{ref.name}", provider_factory=lambda _name: provider)
+    try:
+        return infer_model(f"{ref.provider}:{ref.name}")
+    except Exception as exc:  # the SDK's own error types vary per provider
+        raise ConfigError(f"cannot use model {model_id!r}: {exc}") from exc

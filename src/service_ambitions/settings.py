@@ -1,0 +1,321 @@
+"""Settings: defaults < YAML config < ``SA_*`` environment and ``.env`` < command-line flags.
+
+Settings are validated once, at start-up, by :func:`load_settings`; an unknown key or an invalid
+value raises :class:`~service_ambitions.errors.ConfigError` naming the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from service_ambitions._units import parse_duration, parse_size
+from service_ambitions.domain.reference import MappingSet
+from service_ambitions.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_MAPPING_SETS",
+    "ENV_PREFIX",
+    "RateLimit",
+    "Settings",
+    "StageModels",
+    "load_settings",
+]
+
+ENV_PREFIX = "SA_"
+DEFAULT_CONFIG_PATH = Path("config/app.yaml")
+STAGES = ("descriptions", "features", "mapping")
+
+DEFAULT_MAPPING_SETS = [
+    MappingSet(name="Applications", file="applications.json", field="applications"),
+    MappingSet(name="Technologies", file="technologies.json", field="technologies"),
+    MappingSet(name="Data", file="information.json", field="data"),
+]
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "service-ambitions"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StageModels(_Section):
+    """Per-stage model overrides; unset stages use ``model``."""
+
+    descriptions: str | None = None
+    features: str | None = None
+    mapping: str | None = None
+
+
+class Reasoning(_Section):
+    """Reasoning options passed to models that support them."""
+
+    effort: Literal["minimal", "low", "medium", "high"] | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+
+
+class RateLimit(_Section):
+    """Requests and tokens per minute allowed for one model."""
+
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, gt=0)
+
+
+class StageTimeouts(_Section):
+    """Time budget in seconds for each stage of one service."""
+
+    descriptions: float = Field(default=300.0, gt=0)
+    features: float = Field(default=300.0, gt=0)
+    mapping: float = Field(default=300.0, gt=0)
+
+
+class OfflineOptions(_Section):
+    """Options of the built-in synthetic ``offline`` model."""
+
+    latency_ms: float = Field(default=0.0, ge=0)
+    jitter_ms: float = Field(default=0.0, ge=0)
+
+
+class Settings(BaseSettings):
+    """Every setting of a run. See ``config/app.example.yaml`` for documentation of each key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    # Models
+    model: str = "offline"
+    models: StageModels = StageModels()
+    model_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    reasoning: Reasoning = Reasoning()
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, gt=0)
+    output_retries: int = Field(default=2, ge=0, le=10)
+    base_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    offline: OfflineOptions = OfflineOptions()
+
+    # Throughput and limits
+    concurrency: int = Field(default=8, ge=1, le=1024)
+    llm_concurrency: int = Field(default=16, ge=1, le=4096)
+    plateau_concurrency: int = Field(default=2, ge=1, le=16)
+    models_rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
+    request_timeout: float = Field(default=120.0, gt=0)
+    stage_timeouts: StageTimeouts = StageTimeouts()
+    run_budget_usd: float | None = Field(default=None, gt=0)
+    budget_mode: Literal["warn", "enforce"] = "warn"
+
+    # Content
+    data_dir: Path | None = None
+    prompt_dir: Path | None = None
+    roles_file: Path | None = None
+    context_id: str = "university"
+    inspiration: str = "general"
+    mapping_sets: list[MappingSet] = Field(default_factory=lambda: list(DEFAULT_MAPPING_SETS), min_length=1)
+
+    # Files
+    input_file: Path = Path("services.jsonl")
+    output_file: Path = Path("evolutions.jsonl")
+
+    # Cache
+    cache_mode: Literal["off", "read", "refresh", "write"] = "read"
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    cache_max_bytes: int = Field(default=2 * 10**9, ge=0)
+    cache_ttl: float = Field(default=90 * 86400.0, ge=0)
+
+    # Behaviour
+    strict: bool = False
+    fail_on_quarantine: bool = False
+    seed: int = 0
+
+    @field_validator("cache_max_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("cache_ttl", mode="before")
+    @classmethod
+    def _ttl(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("mapping_sets", mode="after")
+    @classmethod
+    def _unique_fields(cls, value: list[MappingSet]) -> list[MappingSet]:
+        fields = [item.field for item in value]
+        duplicates = sorted({field for field in fields if fields.count(field) > 1})
+        if duplicates:
+            raise ValueError(f"mapping set fields must be unique; repeated: {', '.join(duplicates)}")
+        return value
+
+    def stage_model(self, stage: str) -> str:
+        """The configured model id for a stage."""
+        override: str | None = getattr(self.models, stage)
+        return override or self.model
+
+    def stage_models(self) -> dict[str, str]:
+        """The configured model for every stage."""
+        return {stage: self.stage_model(stage) for stage in STAGES}
+
+    def fallbacks_for(self, stage: str, model: str) -> list[str]:
+        """Fallback models for a stage: by stage name first, then by model id."""
+        return list(self.model_fallbacks.get(stage) or self.model_fallbacks.get(model) or [])
+
+    def output_affecting(self) -> dict[str, Any]:
+        """The settings that change the content of the output; no paths, no secrets."""
+        return {
+            "models": self.stage_models(),
+            "model_fallbacks": {key: list(value) for key, value in sorted(self.model_fallbacks.items())},
+            "reasoning": self.reasoning.model_dump(),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "output_retries": self.output_retries,
+            "context_id": self.context_id,
+            "inspiration": self.inspiration,
+            "mapping_sets": [item.model_dump() for item in self.mapping_sets],
+            "strict": self.strict,
+            "seed": self.seed,
+        }
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    """A settings source over an already parsed mapping (the YAML file)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings keys")
+    return data
+
+
+def _in(data: dict[str, Any], loc: tuple[str | int, ...]) -> bool:
+    node: Any = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return False
+    return True
+
+
+def _env_name(loc: tuple[str | int, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(part) for part in loc).upper()
+
+
+def _source_of(
+    loc: tuple[str | int, ...], cli: dict[str, Any], environ: dict[str, str], yaml_path: Path | None
+) -> str:
+    if _in(cli, loc):
+        return "command line"
+    for depth in range(len(loc), 0, -1):
+        name = _env_name(loc[:depth])
+        if name in {key.upper() for key in environ}:
+            return f"environment variable {name}"
+    if Path(".env").is_file():
+        for line in Path(".env").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.strip().upper().startswith(_env_name(loc[:1])):
+                return ".env file"
+    if yaml_path is not None:
+        return f"config file {yaml_path}"
+    return "defaults"
+
+
+def _format_errors(
+    exc: ValidationError, cli: dict[str, Any], environ: dict[str, str], yaml_path: Path | None
+) -> str:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = tuple(error["loc"])
+        key = ".".join(str(part) for part in loc) or "(settings)"
+        source = _source_of(loc, cli, environ, yaml_path)
+        if error["type"] == "extra_forbidden":
+            lines.append(f"unknown setting {key!r} (from {source})")
+        else:
+            lines.append(f"invalid setting {key!r} (from {source}): {error['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(
+    config: Path | None = None,
+    cli: dict[str, Any] | None = None,
+) -> Settings:
+    """Build and validate the settings of a run.
+
+    Args:
+        config: YAML config file. ``None`` uses ``config/app.yaml`` when it exists.
+        cli: Values from command-line flags (highest precedence); nested keys as nested dicts.
+
+    Raises:
+        ConfigError: An unknown key or invalid value; the message names the key and its source.
+    """
+    cli = {key: value for key, value in (cli or {}).items() if value is not None}
+    environ = dict(os.environ)
+    yaml_path: Path | None = config
+    if yaml_path is None and DEFAULT_CONFIG_PATH.is_file():
+        yaml_path = DEFAULT_CONFIG_PATH
+    elif yaml_path is not None and not yaml_path.is_file():
+        raise ConfigError(f"config file {yaml_path} does not exist")
+    yaml_data = _read_yaml(yaml_path) if yaml_path is not None else {}
+
+    class _Bound(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, dotenv_settings, _DictSource(settings_cls, yaml_data))
+
+    try:
+        return _Bound(**cli)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, cli, environ, yaml_path)) from None

@@ -1,0 +1,191 @@
+"""Content-addressed response cache with a SQLite manifest (DOMAIN §5).
+
+Layout under ``cache_dir``::
+
+    manifest.sqlite3            key -> sha256, size, created, accessed   (WAL mode, safe across processes)
+    entries/ab/abcdef....json   one payload per key
+
+Every read is verified against the manifest's SHA-256: a mismatch (or a missing payload) is purged,
+counted as ``corrupt`` and treated as a miss, never served. Payload files are written atomically
+(temp file + rename) but not fsynced: a torn payload after a power cut fails verification and is
+simply recomputed, so per-entry fsync would cost throughput for no safety.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from service_ambitions.store._atomic import atomic_write_bytes
+
+__all__ = ["CACHE_FORMAT_VERSION", "CacheStats", "ResponseCache", "cache_key"]
+
+CACHE_FORMAT_VERSION = 1
+CacheMode = Literal["off", "read", "refresh", "write"]
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created REAL NOT NULL,
+    accessed REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_accessed ON entries(accessed);
+"""
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """SHA-256 over the canonical JSON of everything that changes an answer."""
+    canonical = json.dumps(
+        {"cache_format": CACHE_FORMAT_VERSION, **parts},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class CacheStats:
+    """Counters of one run."""
+
+    hits: int = 0
+    misses: int = 0
+    corrupt: int = 0
+    expired: int = 0
+    writes: int = 0
+    evictions: int = 0
+
+
+class ResponseCache:
+    """The on-disk cache of model answers; one instance per run."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        mode: CacheMode = "read",
+        max_bytes: int = 0,
+        ttl_seconds: float = 0.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = directory
+        self.mode = mode
+        self.max_bytes = max_bytes
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        self.stats = CacheStats()
+        self._db: sqlite3.Connection | None = None
+        self._total_bytes = 0
+        if mode != "off":
+            self._open()
+
+    def _open(self) -> None:
+        (self.directory / "entries").mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.directory / "manifest.sqlite3", timeout=30.0, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=30000")
+        db.executescript(_SCHEMA)
+        self._db = db
+        self._total_bytes = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
+
+    def close(self) -> None:
+        """Close the manifest."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def path_for(self, key: str) -> Path:
+        """Where the payload of ``key`` lives."""
+        return self.directory / "entries" / key[:2] / f"{key}.json"
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The open manifest."""
+        if self._db is None:
+            raise RuntimeError("the cache is off")
+        return self._db
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """Return the verified payload for ``key``, or ``None`` (miss, expired or corrupt)."""
+        if self.mode in ("off", "refresh", "write"):
+            return None
+        row = self.db.execute("SELECT sha256, created FROM entries WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            self.stats.misses += 1
+            return None
+        expected, created = row
+        now = self.clock()
+        if self.ttl_seconds and now - created > self.ttl_seconds:
+            self._remove(key)
+            self.stats.expired += 1
+            self.stats.misses += 1
+            return None
+        try:
+            data = self.path_for(key).read_bytes()
+        except OSError:
+            data = None
+        payload = None
+        if data is not None and hashlib.sha256(data).hexdigest() == expected:
+            with contextlib.suppress(ValueError):
+                payload = json.loads(data)
+        if not isinstance(payload, dict):
+            self._remove(key)
+            self.stats.corrupt += 1
+            self.stats.misses += 1
+            return None
+        self.db.execute("UPDATE entries SET accessed = ? WHERE key = ?", (now, key))
+        self.stats.hits += 1
+        return payload
+
+    def put(self, key: str, payload: dict[str, Any]) -> None:
+        """Store ``payload`` under ``key`` (mode ``write`` keeps an existing entry)."""
+        if self.mode == "off":
+            return
+        if self.mode == "write":
+            exists = self.db.execute("SELECT 1 FROM entries WHERE key = ?", (key,)).fetchone()
+            if exists:
+                return
+        data = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        atomic_write_bytes(self.path_for(key), data, durable=False)
+        now = self.clock()
+        previous = self.db.execute("SELECT size FROM entries WHERE key = ?", (key,)).fetchone()
+        self.db.execute(
+            "INSERT OR REPLACE INTO entries(key, sha256, size, created, accessed) VALUES (?, ?, ?, ?, ?)",
+            (key, hashlib.sha256(data).hexdigest(), len(data), now, now),
+        )
+        self._total_bytes += len(data) - (previous[0] if previous else 0)
+        self.stats.writes += 1
+        if self.max_bytes and self._total_bytes > self.max_bytes:
+            self.evict_to(self.max_bytes)
+
+    def evict_to(self, max_bytes: int) -> tuple[int, int]:
+        """Remove least recently used entries until the cache holds at most ``max_bytes``."""
+        removed = freed = 0
+        self._total_bytes = int(self.db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
+        if self._total_bytes <= max_bytes:
+            return 0, 0
+        for key, size in self.db.execute("SELECT key, size FROM entries ORDER BY accessed, key").fetchall():
+            if self._total_bytes <= max_bytes:
+                break
+            self._remove(key)
+            removed += 1
+            freed += size
+        self.stats.evictions += removed
+        return removed, freed
+
+    def _remove(self, key: str) -> None:
+        row = self.db.execute("SELECT size FROM entries WHERE key = ?", (key,)).fetchone()
+        self.db.execute("DELETE FROM entries WHERE key = ?", (key,))
+        if row:
+            self._total_bytes -= int(row[0])
+        with contextlib.suppress(FileNotFoundError):
+            self.path_for(key).unlink()
