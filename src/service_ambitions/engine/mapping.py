@@ -91,7 +91,8 @@ def merge_mapping(
             Problem(
                 QuarantineKind.SCHEMA_MISMATCH,
                 "mapping",
-                f"{len(missing)} feature(s) missing from the {field_name} answer: {', '.join(missing)}",
+                f"{len(missing)} feature(s) missing from the {field_name} answer at plateau {plateau}: "
+                + ", ".join(missing),
                 {**base, "missing_feature_ids": missing},
             )
         )
@@ -100,7 +101,7 @@ def merge_mapping(
             Problem(
                 QuarantineKind.UNKNOWN_IDS,
                 "mapping",
-                f"{len(unknown)} unknown {field_name} id(s) dropped: "
+                f"{len(unknown)} unknown {field_name} id(s) dropped at plateau {plateau}: "
                 + ", ".join(sorted({item["item"] for item in unknown})),
                 {**base, "unknown": unknown},
             )
@@ -110,7 +111,7 @@ def merge_mapping(
             Problem(
                 QuarantineKind.FACET_VALIDATION,
                 "mapping",
-                f"{len(facet_problems)} {field_name} contribution(s) with invalid facets: "
+                f"{len(facet_problems)} {field_name} contribution(s) with invalid facets at plateau {plateau}: "
                 + "; ".join(f"{item['item']} for {item['feature_id']}: {item['error']}" for item in facet_problems[:5]),
                 {**base, "violations": facet_problems},
             )

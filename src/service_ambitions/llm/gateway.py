@@ -56,6 +56,21 @@ class GatewayStats:
     by_stage: dict[str, int] = field(default_factory=dict)
 
 
+def explain_failure(exc: BaseException) -> str:
+    """The most specific reason in an exception chain (validation errors first)."""
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if isinstance(node, ValidationError):
+            return "; ".join(
+                f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+                for error in node.errors(include_url=False)[:3]
+            )
+        node = node.__cause__ or node.__context__
+    return str(exc)
+
+
 def schema_digest(output_type: type[BaseModel]) -> str:
     """Digest of an output schema (part of the cache key)."""
     schema = json.dumps(output_type.model_json_schema(), sort_keys=True, separators=(",", ":"))
@@ -238,7 +253,8 @@ class Gateway:
         except UnexpectedModelBehavior as exc:
             self.stats.failures += 1
             raise StageError(
-                f"the model's answer did not match the schema after {self.settings.output_retries} re-asks: {exc}",
+                f"the model's answer did not match the schema after {self.settings.output_retries} re-ask(s): "
+                f"{explain_failure(exc)}",
                 service_id=service_id,
                 stage=stage,
                 model_name=model_id,

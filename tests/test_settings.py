@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service_ambitions.errors import ConfigError
+from service_ambitions.settings import load_settings
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults() -> None:
+    settings = load_settings()
+    assert settings.model == "offline"
+    assert settings.stage_models() == {"descriptions": "offline", "features": "offline", "mapping": "offline"}
+    assert settings.cache_mode == "read"
+    assert [item.field for item in settings.mapping_sets] == ["applications", "technologies", "data"]
+    assert settings.cache_dir.name == "service-ambitions"
+
+
+def test_yaml_overrides_defaults_and_default_path_is_used(isolated: Path) -> None:
+    write_yaml(
+        isolated / "config" / "app.yaml",
+        "model: openai:gpt-5-mini\nconcurrency: 3\nmodels:\n  features: anthropic:claude-sonnet-4-5\n",
+    )
+    settings = load_settings()
+    assert settings.model == "openai:gpt-5-mini"
+    assert settings.concurrency == 3
+    assert settings.stage_model("features") == "anthropic:claude-sonnet-4-5"
+    assert settings.stage_model("mapping") == "openai:gpt-5-mini"
+
+
+def test_env_overrides_yaml(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write_yaml(isolated / "my.yaml", "model: openai:gpt-5-mini\nconcurrency: 3\nmodels:\n  features: a:b\n")
+    monkeypatch.setenv("SA_CONCURRENCY", "5")
+    monkeypatch.setenv("SA_MODELS__FEATURES", "groq:llama-3.3-70b")
+    monkeypatch.setenv("SA_CACHE_TTL", "7d")
+    settings = load_settings(config)
+    assert settings.concurrency == 5
+    assert settings.stage_model("features") == "groq:llama-3.3-70b"
+    assert settings.model == "openai:gpt-5-mini"  # untouched by env
+    assert settings.cache_ttl == 7 * 86400
+
+
+def test_dotenv_is_read_below_environment(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (isolated / ".env").write_text("SA_SEED=11\nSA_CONTEXT_ID=college\n", encoding="utf-8")
+    monkeypatch.setenv("SA_SEED", "12")
+    settings = load_settings()
+    assert settings.seed == 12
+    assert settings.context_id == "college"
+
+
+def test_cli_overrides_everything(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write_yaml(isolated / "my.yaml", "concurrency: 3\nmodels:\n  mapping: a:b\n")
+    monkeypatch.setenv("SA_CONCURRENCY", "5")
+    monkeypatch.setenv("SA_MODELS__MAPPING", "c:d")
+    settings = load_settings(config, {"concurrency": 9, "models": {"mapping": "e:f"}})
+    assert settings.concurrency == 9
+    assert settings.stage_model("mapping") == "e:f"
+
+
+def test_unknown_yaml_key_names_key_and_file(isolated: Path) -> None:
+    config = write_yaml(isolated / "bad.yaml", "modle: offline\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    assert "modle" in str(caught.value)
+    assert "bad.yaml" in str(caught.value)
+
+
+def test_unknown_nested_yaml_key(isolated: Path) -> None:
+    config = write_yaml(isolated / "bad.yaml", "models:\n  summaries: offline\n")
+    with pytest.raises(ConfigError, match=r"models\.summaries.*bad\.yaml"):
+        load_settings(config)
+
+
+def test_invalid_value_names_key_and_env_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SA_CONCURRENCY", "many")
+    with pytest.raises(ConfigError, match=r"concurrency.*environment variable SA_CONCURRENCY"):
+        load_settings()
+
+
+def test_invalid_value_names_cli_source() -> None:
+    with pytest.raises(ConfigError, match=r"cache_mode.*command line"):
+        load_settings(None, {"cache_mode": "sometimes"})
+
+
+def test_invalid_yaml_names_line(isolated: Path) -> None:
+    config = write_yaml(isolated / "broken.yaml", "model: offline\nconcurrency: [1,\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml:\d+"):
+        load_settings(config)
+
+
+def test_missing_config_file_is_an_error(isolated: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(isolated / "nope.yaml")
+
+
+def test_secret_is_secretstr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SA_OPENAI_API_KEY", "sk-test-not-a-real-key-000000")
+    settings = load_settings()
+    assert settings.openai_api_key is not None
+    assert "sk-test" not in repr(settings)
+    assert "sk-test" not in str(settings.output_affecting())
+
+
+def test_example_config_changes_nothing() -> None:
+    example = Path(__file__).resolve().parent.parent / "config" / "app.example.yaml"
+    loaded = load_settings(example)
+    defaults = load_settings()
+    assert loaded.output_affecting() == defaults.output_affecting()
+    assert loaded.concurrency == defaults.concurrency
+
+
+def test_cli_config_error_exits_2_before_any_work(cli: Callable[..., Any], isolated: Path) -> None:
+    config = write_yaml(isolated / "bad.yaml", "concurency: 3\n")
+    result = cli("run", "--config", str(config), "--input-file", "missing.jsonl")
+    assert result.exit_code == 2
+    assert "concurency" in result.stderr
+    assert "bad.yaml" in result.stderr
+    assert result.stdout == ""
+    assert not (isolated / "evolutions.jsonl").exists()
