@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -21,8 +22,8 @@ from service_ambitions.llm.providers import parse_model_id, resolve_model
 from service_ambitions.store.cache import ResponseCache, cache_key
 
 if TYPE_CHECKING:
-    from pydantic_ai import Agent
-    from pydantic_ai.models import Model
+    from pydantic_ai.messages import ModelMessage, ModelResponse
+    from pydantic_ai.models import Model, ModelRequestParameters
     from pydantic_ai.settings import ModelSettings
 
     from service_ambitions.settings import Settings
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["CallResult", "Gateway", "GatewayStats"]
 
 OutputT = TypeVar("OutputT", bound=BaseModel)
+OUTPUT_TOOL = "final_result"
+_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ class Gateway:
         self._given = dict(models or {})
         self._factory = model_factory
         self._stage_models: dict[str, Model] = {}
-        self._agents: dict[tuple[str, type[BaseModel]], Agent[None, Any]] = {}
+        self._request_parameters: dict[type[BaseModel], ModelRequestParameters] = {}
         self._schema_digests: dict[type[BaseModel], str] = {}
         self._semaphore = asyncio.Semaphore(settings.llm_concurrency)
 
@@ -158,18 +161,26 @@ class Gateway:
             settings["openai_reasoning_summary"] = self.settings.reasoning.summary
         return settings  # type: ignore[return-value]
 
-    def _agent(self, stage: str, output_type: type[BaseModel]) -> Agent[None, Any]:
-        agent = self._agents.get((stage, output_type))
-        if agent is None:
-            from pydantic_ai import Agent  # noqa: PLC0415
+    def _parameters(self, output_type: type[BaseModel]) -> ModelRequestParameters:
+        parameters = self._request_parameters.get(output_type)
+        if parameters is None:
+            from pydantic_ai.models import ModelRequestParameters  # noqa: PLC0415
+            from pydantic_ai.tools import ToolDefinition  # noqa: PLC0415
 
-            agent = Agent(
-                output_type=output_type,
-                system_prompt=self.system_prompt,
-                retries={"output": self.settings.output_retries, "tools": self.settings.output_retries},
+            parameters = ModelRequestParameters(
+                output_mode="tool",
+                output_tools=[
+                    ToolDefinition(
+                        name=OUTPUT_TOOL,
+                        description="Return the final answer, matching this schema exactly.",
+                        parameters_json_schema=output_type.model_json_schema(),
+                        kind="output",
+                    )
+                ],
+                allow_text_output=False,
             )
-            self._agents[(stage, output_type)] = agent
-        return agent
+            self._request_parameters[output_type] = parameters
+        return parameters
 
     def _digest(self, output_type: type[BaseModel]) -> str:
         digest = self._schema_digests.get(output_type)
@@ -239,29 +250,15 @@ class Gateway:
 
         model_id = self.settings.stage_model(stage)
         budget = float(getattr(self.settings.stage_timeouts, stage))
-        agent = self._agent(stage, output_type)
         try:
             async with self._semaphore, asyncio.timeout(budget):
-                run = await agent.run(
-                    user_prompt, model=self.stage_model(stage), model_settings=self.model_settings(stage)
-                )
+                output, response, usage = await self._structured(stage, service_id, user_prompt, output_type)
         except TimeoutError:
             self.stats.failures += 1
             raise StageTimeout(
                 f"no answer within the {budget:g} s budget", service_id=service_id, stage=stage, model_name=model_id
             ) from None
-        except UnexpectedModelBehavior as exc:
-            self.stats.failures += 1
-            raise StageError(
-                f"the model's answer did not match the schema after {self.settings.output_retries} re-ask(s): "
-                f"{explain_failure(exc)}",
-                service_id=service_id,
-                stage=stage,
-                model_name=model_id,
-                attempt=self.settings.output_retries + 1,
-                payload=getattr(exc, "body", None),
-            ) from exc
-        except ModelAPIError as exc:
+        except (ModelAPIError, UnexpectedModelBehavior) as exc:
             self.stats.failures += 1
             raise ModelCallError(
                 f"model call failed: {type(exc).__name__}: {exc}",
@@ -269,19 +266,116 @@ class Gateway:
                 stage=stage,
                 model_name=model_id,
             ) from exc
-        usage = run.usage
-        self.stats.model_requests += usage.requests
-        self.stats.output_reasks += max(0, usage.requests - 1)
-        self.stats.input_tokens += usage.input_tokens
-        self.stats.output_tokens += usage.output_tokens
-        response = run.response
         answered = response.model_name or model_id
         if response.provider_name and ":" not in answered:
             answered = f"{response.provider_name}:{answered}"
         return CallResult(
-            output=run.output,
+            output=output,
             model=answered,
             cached=False,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
+            input_tokens=usage[0],
+            output_tokens=usage[1],
         )
+
+    async def _structured(
+        self, stage: str, service_id: str, user_prompt: str, output_type: type[OutputT]
+    ) -> tuple[OutputT, ModelResponse, tuple[int, int]]:
+        """One request, plus bounded re-asks when the answer does not validate.
+
+        This is pydantic-ai's output-tool protocol driven through its direct API: the same tool
+        definition, provider schema handling and retry message an ``Agent`` would send, without the
+        agent graph's per-call CPU cost (see docs/architecture.md).
+        """
+        from pydantic_ai.direct import model_request  # noqa: PLC0415
+        from pydantic_ai.messages import (  # noqa: PLC0415
+            ModelRequest,
+            RetryFeedbackPart,
+            RetryInfo,
+            SystemPromptPart,
+            ToolCallPart,
+            ToolReturnPart,
+            UserPromptPart,
+        )
+
+        model = self.stage_model(stage)
+        parameters = self._parameters(output_type)
+        settings = self.model_settings(stage)
+        messages: list[ModelMessage] = [
+            ModelRequest(parts=[SystemPromptPart(self.system_prompt), UserPromptPart(user_prompt)])
+        ]
+        tokens_in = tokens_out = 0
+        attempts = self.settings.output_retries + 1
+        attempt = 0
+        while True:
+            attempt += 1
+            response = await model_request(model, messages, model_settings=settings, model_request_parameters=parameters)
+            self.stats.model_requests += 1
+            tokens_in += response.usage.input_tokens
+            tokens_out += response.usage.output_tokens
+            self.stats.input_tokens += response.usage.input_tokens
+            self.stats.output_tokens += response.usage.output_tokens
+            try:
+                return parse_output(response, output_type), response, (tokens_in, tokens_out)
+            except (ValidationError, ValueError) as exc:
+                if attempt == attempts:
+                    self.stats.failures += 1
+                    raise StageError(
+                        f"the model's answer did not match the schema after {attempts - 1} re-ask(s): "
+                        f"{explain_failure(exc)}",
+                        service_id=service_id,
+                        stage=stage,
+                        model_name=self.settings.stage_model(stage),
+                        attempt=attempt,
+                        payload=_answer_payload(response),
+                    ) from exc
+                self.stats.output_reasks += 1
+                details = (
+                    exc.errors(include_url=False, include_context=False)
+                    if isinstance(exc, ValidationError)
+                    else str(exc)
+                )
+                call = next((part for part in response.parts if isinstance(part, ToolCallPart)), None)
+                retry: ToolReturnPart | RetryFeedbackPart
+                if call is not None:
+                    retry = ToolReturnPart(
+                        tool_name=call.tool_name,
+                        content=details,
+                        tool_call_id=call.tool_call_id,
+                        outcome="retried",
+                        retry=RetryInfo(cause="validation_error", attempt=attempt),
+                    )
+                else:
+                    cause = "validation_error" if isinstance(exc, ValidationError) else "no_output"
+                    retry = RetryFeedbackPart(content=details, retry=RetryInfo(cause=cause, attempt=attempt))
+                messages = [*messages, response, ModelRequest(parts=[retry])]
+
+
+def _answer_payload(response: ModelResponse) -> Any:
+    for part in response.parts:
+        args = getattr(part, "args", None)
+        if args is not None:
+            return args
+        content = getattr(part, "content", None)
+        if isinstance(content, str):
+            return content
+    return None
+
+
+def parse_output(response: ModelResponse, output_type: type[OutputT]) -> OutputT:
+    """Validate the structured answer in a response (output tool call, or JSON text as a fallback).
+
+    Raises:
+        ValidationError: The answer does not match the schema.
+        ValueError: The response holds no answer at all.
+    """
+    from pydantic_ai.messages import TextPart, ToolCallPart  # noqa: PLC0415
+
+    for part in response.parts:
+        if isinstance(part, ToolCallPart) and part.tool_name == OUTPUT_TOOL:
+            if isinstance(part.args, str):
+                return output_type.model_validate_json(part.args or "{}")
+            return output_type.model_validate(part.args or {})
+    for part in response.parts:
+        if isinstance(part, TextPart) and part.content.strip():
+            return output_type.model_validate_json(_FENCE.sub("", part.content.strip()))
+    raise ValueError(f"the response has no answer: call the {OUTPUT_TOOL!r} tool with the JSON answer")
