@@ -66,7 +66,9 @@ def child(count: int, latency_ms: float, concurrency: int, cache_mode: str) -> d
         context = build_context(settings, models={"offline": model})
         cpu_before = time.process_time()
         wall_before = time.perf_counter()
-        report = asyncio.run(ProcessingEngine(context).run(work / "services.jsonl", work / "evolutions.jsonl"))
+        report = asyncio.run(
+            ProcessingEngine(context).run(work / "services.jsonl", work / "evolutions.jsonl")
+        )
         wall = time.perf_counter() - wall_before
         cpu = time.process_time() - cpu_before
         calls = context.gateway.stats.calls
@@ -87,7 +89,9 @@ def child(count: int, latency_ms: float, concurrency: int, cache_mode: str) -> d
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], help="numbers of services")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="simulated model latency")
     parser.add_argument("--concurrency", type=int, default=8, help="services in flight")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +31,14 @@ PROVIDER_VARIABLES = (
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run every test in its own directory, with no SA_* or provider variables and a private cache."""
     for name in list(os.environ):
         if name.startswith("SA_") or name in PROVIDER_VARIABLES:
             monkeypatch.delenv(name)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.chdir(tmp_path)
-    yield tmp_path
+    return tmp_path
 
 
 @pytest.fixture
@@ -60,8 +60,14 @@ def service(service_id: str, name: str = "Library loans", **extra: Any) -> dict[
         "description": f"{name} for the university community.",
         "jobs_to_be_done": [
             {"name": "Borrow a book without queueing", "role": [{"role_id": "learners", "name": "Learners"}]},
-            {"name": "Recommend reading for my unit", "role": [{"role_id": "academics", "name": "Academics"}]},
-            {"name": "Keep the catalogue accurate", "role": [{"role_id": "professional_staff", "name": "Staff"}]},
+            {
+                "name": "Recommend reading for my unit",
+                "role": [{"role_id": "academics", "name": "Academics"}],
+            },
+            {
+                "name": "Keep the catalogue accurate",
+                "role": [{"role_id": "professional_staff", "name": "Staff"}],
+            },
         ],
     }
     record.update(extra)

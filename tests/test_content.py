@@ -57,7 +57,9 @@ def test_default_content_is_complete() -> None:
 def test_samples_are_valid_and_realistic() -> None:
     samples = read_jsonl(SAMPLES)
     assert len(samples) >= 10
-    roles = {role["role_id"] for record in samples for job in record["jobs_to_be_done"] for role in job["role"]}
+    roles = {
+        role["role_id"] for record in samples for job in record["jobs_to_be_done"] for role in job["role"]
+    }
     assert roles == {"learners", "academics", "professional_staff"}
 
 
@@ -88,7 +90,11 @@ def test_catalogue_hash_formula() -> None:
     content = load()
     catalogue = content.catalogue("applications")
     items = [
-        {"id": item.id, "name": item.name, "description": item.description.replace("\n", " ").replace("\t", " ")}
+        {
+            "id": item.id,
+            "name": item.name,
+            "description": item.description.replace("\n", " ").replace("\t", " "),
+        }
         for item in sorted(catalogue.items, key=lambda item: item.id)
     ]
     meta = {
@@ -124,7 +130,9 @@ def make_user_dirs(root: Path) -> tuple[Path, Path, Path]:
     )
     prompts = root / "prompts"
     shutil.copytree(default_prompt_dir(), prompts)
-    (prompts / "situational_context" / "college.md").write_text("## Situational context\n\nA small college.\n")
+    (prompts / "situational_context" / "college.md").write_text(
+        "## Situational context\n\nA small college.\n"
+    )
     return data, roles_dir, prompts
 
 
@@ -161,15 +169,25 @@ def test_cli_run_honours_user_directories(cli: Callable[..., Any], isolated: Pat
     used = {item.item for feature in plateau.features for item in feature.mappings["applications"]}
     assert used
     assert used <= catalogue_ids
-    assert all(item.facets is None for feature in plateau.features for item in feature.mappings["applications"])
+    assert all(
+        item.facets is None for feature in plateau.features for item in feature.mappings["applications"]
+    )
 
 
 @pytest.mark.parametrize(
     ("file", "text", "expected"),
     [
-        ("roles.json", '[{"role_id": "a", "name": "A", "description": "x"},\n {"role_id": "a"', "roles.json:2"),
+        (
+            "roles.json",
+            '[{"role_id": "a", "name": "A", "description": "x"},\n {"role_id": "a"',
+            "roles.json:2",
+        ),
         ("roles.json", '[{"role_id": "", "name": "A", "description": "x"}]', "0.role_id"),
-        ("roles.json", json.dumps([{"role_id": "a", "name": "A", "description": "x"}] * 2), "duplicate role_id a"),
+        (
+            "roles.json",
+            json.dumps([{"role_id": "a", "name": "A", "description": "x"}] * 2),
+            "duplicate role_id a",
+        ),
         ("definitions.json", '{"title": "T", "bullets": [], "extra": 1}', "extra"),
         ("applications.json", '{"items": [], "colour": "red"}', "colour"),
         ("service_feature_plateaus.json", "[]", "at least one plateau"),

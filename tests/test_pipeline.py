@@ -23,7 +23,14 @@ async def run_engine(
     write_jsonl(tmp / "in.jsonl", records)
     output = tmp / "out.jsonl"
     settings = load_settings(
-        None, {"model": MODEL, "cache_mode": "off", "input_file": tmp / "in.jsonl", "output_file": output, **overrides}
+        None,
+        {
+            "model": MODEL,
+            "cache_mode": "off",
+            "input_file": tmp / "in.jsonl",
+            "output_file": output,
+            **overrides,
+        },
     )
     context = build_context(settings, models={MODEL: scripted(edit, calls)})
     try:
@@ -72,7 +79,9 @@ async def test_unknown_ids_dropped_and_quarantined(isolated: Path) -> None:
 
 
 async def test_unknown_ids_fail_the_service_under_strict(isolated: Path) -> None:
-    report, records, entries = await run_engine(isolated, [service("A"), service("B")], add_unknown_item, strict=True)
+    report, records, entries = await run_engine(
+        isolated, [service("A"), service("B")], add_unknown_item, strict=True
+    )
     assert [record["service"]["service_id"] for record in records] == ["B"]
     assert report.services_failed == 1
     assert report.failed_ids == ["A"]
@@ -154,7 +163,9 @@ def duplicate_mapping_entry(stage: str, service_id: str, answer: dict[str, Any])
 
 
 async def test_duplicate_feature_id_in_mapping_answer_is_invalid(isolated: Path) -> None:
-    report, records, entries = await run_engine(isolated, [service("A"), service("B")], duplicate_mapping_entry)
+    report, records, entries = await run_engine(
+        isolated, [service("A"), service("B")], duplicate_mapping_entry
+    )
     assert [record["service"]["service_id"] for record in records] == ["B"]
     assert report.services_failed == 1
     failure = next(entry for entry in entries if entry.service_id == "A")
@@ -197,7 +208,9 @@ async def test_empty_role_fails_only_in_strict(isolated: Path) -> None:
         "features": [],
     }
     assert any("role 'academics' has no features" in entry.error for entry in entries)
-    strict, strict_records, _ = await run_engine(isolated, [service("A"), service("B")], no_academics, strict=True)
+    strict, strict_records, _ = await run_engine(
+        isolated, [service("A"), service("B")], no_academics, strict=True
+    )
     assert strict.failed_ids == ["A"]
     assert [record["service"]["service_id"] for record in strict_records] == ["B"]
 
@@ -210,7 +223,9 @@ def wrong_label(stage: str, service_id: str, answer: dict[str, Any]) -> dict[str
 
 
 async def test_score_label_must_match_level(isolated: Path) -> None:
-    report, records, entries = await run_engine(isolated, [service("A"), service("B")], wrong_label, output_retries=0)
+    report, records, entries = await run_engine(
+        isolated, [service("A"), service("B")], wrong_label, output_retries=0
+    )
     assert report.failed_ids == ["A"]
     assert len(records) == 1
     assert entries[0].kind == "schema_mismatch"
@@ -220,16 +235,16 @@ async def test_score_label_must_match_level(isolated: Path) -> None:
 def preamble_and_missing(stage: str, service_id: str, answer: dict[str, Any]) -> dict[str, Any]:
     if stage == "descriptions":
         for item in answer["descriptions"]:
-            item["description"] = f"Prepared plateau-{item['plateau']} description for {service_id}: " + item[
-                "description"
-            ]
+            item["description"] = (
+                f"Prepared plateau-{item['plateau']} description for {service_id}: " + item["description"]
+            )
         if service_id == "B":
             answer["descriptions"][2]["description"] = ""
     return answer
 
 
 async def test_descriptions_preamble_stripped_and_missing_fails(isolated: Path) -> None:
-    report, records, entries = await run_engine(isolated, [service("A"), service("B")], preamble_and_missing)
+    _, records, entries = await run_engine(isolated, [service("A"), service("B")], preamble_and_missing)
     assert [record["service"]["service_id"] for record in records] == ["A"]
     assert not records[0]["plateaus"][0]["description"].lower().startswith("prepared")
     assert records[0]["plateaus"][0]["description"].startswith("At the Foundational plateau")

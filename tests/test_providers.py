@@ -51,7 +51,9 @@ def test_openai_compatible_server_needs_no_key() -> None:
 
 
 def test_fallback_models_are_checked_too() -> None:
-    settings = load_settings(None, {"model": "offline", "model_fallbacks": {"mapping": ["groq:llama-3.3-70b"]}})
+    settings = load_settings(
+        None, {"model": "offline", "model_fallbacks": {"mapping": ["groq:llama-3.3-70b"]}}
+    )
     with pytest.raises(ProviderKeyMissing, match="GROQ_API_KEY"):
         check_provider_keys(settings)
 

@@ -27,7 +27,9 @@ def test_samples_run_end_to_end(cli: Cli, isolated: Path) -> None:
     output = isolated / "out" / "evolutions.jsonl"
     parsed = read_evolutions(output)
     samples = read_jsonl(SAMPLES)
-    assert [record.service.service_id for record in parsed.records] == [item["service_id"] for item in samples]
+    assert [record.service.service_id for record in parsed.records] == [
+        item["service_id"] for item in samples
+    ]
     assert parsed.header.synthetic is True
     assert parsed.header.models == {"descriptions": "offline", "features": "offline", "mapping": "offline"}
     assert parsed.header.mapping_sets == ["applications", "technologies", "data"]
@@ -63,7 +65,10 @@ def test_existing_features_and_job_extras_are_kept(cli: Cli, isolated: Path) -> 
     record = service(
         "S1",
         features=[{"feature_id": "EX1", "name": "Online renewals", "description": "Renew loans online."}],
-        jobs_to_be_done=["Renew a loan from my phone", {"name": "  Find a quiet seat ", "job_to_be_done_id": "J2"}],
+        jobs_to_be_done=[
+            "Renew a loan from my phone",
+            {"name": "  Find a quiet seat ", "job_to_be_done_id": "J2"},
+        ],
     )
     write_jsonl(isolated / "in.jsonl", [record])
     assert run(cli, "--input-file", "in.jsonl").exit_code == 0
@@ -170,7 +175,9 @@ def test_validate_clean_and_findings(cli: Cli, isolated: Path) -> None:
     assert clean.exit_code == 0, clean.stderr
     write_jsonl(isolated / "bad.jsonl", [service("A"), "[1, 2]", service("A")])
     data = isolated / "data"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "src/service_ambitions/content/defaults/data", data)
+    shutil.copytree(
+        Path(__file__).resolve().parent.parent / "src/service_ambitions/content/defaults/data", data
+    )
     (data / "technologies.json").write_text('{"items": [\n  {"id": 1}\n', encoding="utf-8")
     dirty = cli("validate", "--input-file", "bad.jsonl", "--data-dir", str(data))
     assert dirty.exit_code == 3

@@ -38,7 +38,9 @@ def test_yaml_overrides_defaults_and_default_path_is_used(isolated: Path) -> Non
 
 
 def test_env_overrides_yaml(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = write_yaml(isolated / "my.yaml", "model: openai:gpt-5-mini\nconcurrency: 3\nmodels:\n  features: a:b\n")
+    config = write_yaml(
+        isolated / "my.yaml", "model: openai:gpt-5-mini\nconcurrency: 3\nmodels:\n  features: a:b\n"
+    )
     monkeypatch.setenv("SA_CONCURRENCY", "5")
     monkeypatch.setenv("SA_MODELS__FEATURES", "groq:llama-3.3-70b")
     monkeypatch.setenv("SA_CACHE_TTL", "7d")
@@ -126,3 +128,20 @@ def test_cli_config_error_exits_2_before_any_work(cli: Callable[..., Any], isola
     assert "bad.yaml" in result.stderr
     assert result.stdout == ""
     assert not (isolated / "evolutions.jsonl").exists()
+
+
+def test_dotenv_provider_keys_are_for_providers(
+    cli: Callable[..., Any], isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (isolated / ".env").write_text("ANTHROPIC_API_KEY=test-not-real\nSA_CONCURRENCY=4\n", encoding="utf-8")
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    assert load_settings().concurrency == 4  # a provider key in .env is not a settings error
+    result = cli("preflight", "--model", "anthropic:claude-sonnet-4-5")
+    assert result.exit_code == 0, result.stderr
+    assert "test-not-real" not in result.stderr
+
+
+def test_unknown_sa_key_in_dotenv_is_named(isolated: Path) -> None:
+    (isolated / ".env").write_text("SA_CONCURENCY=4\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"concurency.*\.env"):
+        load_settings()

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from service_ambitions import __version__
 from service_ambitions.content.loader import Content, load_content
+from service_ambitions.llm._names import is_offline
 from service_ambitions.llm.gateway import Gateway
-from service_ambitions.llm.offline import is_offline
 from service_ambitions.llm.providers import check_provider_keys
 from service_ambitions.settings import Settings
 from service_ambitions.store.cache import ResponseCache

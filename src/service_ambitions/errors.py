@@ -4,7 +4,7 @@ Every error the tool raises on purpose derives from :class:`ServiceAmbitionsErro
 and maps to exactly one exit code::
 
     ServiceAmbitionsError
-    ├── UsageError                     exit 2  bad flags, config or content; raised before any model call
+    ├── UsageError                     exit 2  bad flags, config or content; before any model call
     │   ├── ConfigError                        a settings key is unknown or invalid (names key and source)
     │   ├── ContentError                       reference data or prompt files cannot be loaded (names file)
     │   └── ProviderKeyMissing                 a real provider has no API key (names the variable)
@@ -16,7 +16,7 @@ and maps to exactly one exit code::
         ├── StageError                         a stage could not produce a valid answer
         │   ├── ModelCallError                 transport/provider failure after retries and fallbacks
         │   └── StageTimeout                   the stage exceeded its time budget
-        ├── ProcessingError                    a valid answer broke a product rule (missing plateau, strict mode)
+        ├── ProcessingError                    a valid answer broke a product rule (e.g. missing plateau)
         └── MappingError                       a mapping answer broke a rule under --strict
 
 ``PipelineError`` never reaches the process exit: the engine turns it into a quarantine entry.

@@ -19,7 +19,12 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from service_ambitions._units import parse_duration, parse_size
 from service_ambitions.domain.reference import MappingSet
@@ -214,6 +219,14 @@ class _DictSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
+class _PrefixedDotEnv(DotEnvSettingsSource):
+    """``.env`` values for settings: only ``SA_*`` names (provider keys there are for the providers)."""
+
+    def _load_env_vars(self) -> Any:
+        loaded = super()._load_env_vars()
+        return {key: value for key, value in loaded.items() if key.upper().startswith(ENV_PREFIX)}
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -235,9 +248,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _in(data: dict[str, Any], loc: tuple[str | int, ...]) -> bool:
     node: Any = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+        if in_dict or in_list:
             node = node[part]
         else:
             return False
@@ -259,7 +272,8 @@ def _source_of(
             return f"environment variable {name}"
     if Path(".env").is_file():
         for line in Path(".env").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.strip().upper().startswith(_env_name(loc[:1])):
+            name = line.strip().removeprefix("export ").split("=", 1)[0].strip().upper()
+            if name == _env_name(loc[:1]) or name.startswith(_env_name(loc[:1]) + "__"):
                 return ".env file"
     if yaml_path is not None:
         return f"config file {yaml_path}"
@@ -272,8 +286,13 @@ def _format_errors(
     lines = []
     for error in exc.errors(include_url=False, include_input=False):
         loc = tuple(error["loc"])
+        if loc and str(loc[0]).upper().startswith(ENV_PREFIX):
+            # only the .env source passes prefixed names through as unknown keys
+            loc = (str(loc[0])[len(ENV_PREFIX) :].lower(), *loc[1:])
+            source = f".env file ({ENV_PREFIX}{str(loc[0]).upper()})"
+        else:
+            source = _source_of(loc, cli, environ, yaml_path)
         key = ".".join(str(part) for part in loc) or "(settings)"
-        source = _source_of(loc, cli, environ, yaml_path)
         if error["type"] == "extra_forbidden":
             lines.append(f"unknown setting {key!r} (from {source})")
         else:
@@ -313,7 +332,12 @@ def load_settings(
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, dotenv_settings, _DictSource(settings_cls, yaml_data))
+            return (
+                init_settings,
+                env_settings,
+                _PrefixedDotEnv(settings_cls),
+                _DictSource(settings_cls, yaml_data),
+            )
 
     try:
         return _Bound(**cli)

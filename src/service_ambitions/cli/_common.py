@@ -34,7 +34,9 @@ R = TypeVar("R")
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", help="YAML settings file (default: config/app.yaml when present).", show_default=False),
+    typer.Option(
+        "--config", help="YAML settings file (default: config/app.yaml when present).", show_default=False
+    ),
 ]
 DataDirOption = Annotated[
     Path | None,
@@ -47,13 +49,17 @@ DataDirOption = Annotated[
 ]
 PromptDirOption = Annotated[
     Path | None,
-    typer.Option("--prompt-dir", help="Prompt directory (templates, contexts, inspirations).", show_default=False),
+    typer.Option(
+        "--prompt-dir", help="Prompt directory (templates, contexts, inspirations).", show_default=False
+    ),
 ]
 RolesFileOption = Annotated[
     Path | None,
     typer.Option("--roles-file", help="roles.json, or a directory holding it.", show_default=False),
 ]
-VerboseOption = Annotated[int, typer.Option("-v", "--verbose", count=True, help="More log output (-vv for debug).")]
+VerboseOption = Annotated[
+    int, typer.Option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+]
 QuietOption = Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr.")]
 JsonLogsOption = Annotated[bool, typer.Option("--json-logs", help="Log JSON lines on stderr, for machines.")]
 
@@ -73,7 +79,15 @@ class _JsonFormatter(logging.Formatter):
 
 def setup_logging(*, verbose: int = 0, quiet: bool = False, json_logs: bool = False) -> None:
     """Logs go to stderr only; stdout carries data."""
-    level = logging.ERROR if quiet else logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING
+    level = (
+        logging.ERROR
+        if quiet
+        else logging.DEBUG
+        if verbose >= 2
+        else logging.INFO
+        if verbose
+        else logging.WARNING
+    )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if json_logs else logging.Formatter("%(levelname)s %(message)s"))
     root = logging.getLogger("service_ambitions")
@@ -98,6 +112,9 @@ def nested(**values: Any) -> dict[str, Any]:
 
 def settings_from_flags(config: Path | None, **flags: Any) -> Settings:
     """Settings with command-line flags applied on top of every other source."""
+    from service_ambitions.llm.providers import export_dotenv_provider_keys  # noqa: PLC0415
+
+    export_dotenv_provider_keys()
     return load_settings(config, nested(**flags))
 
 

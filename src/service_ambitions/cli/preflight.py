@@ -30,7 +30,9 @@ def _writable(directory: Path) -> str | None:
 @exits
 def preflight(
     config: ConfigOption = None,
-    model: Annotated[str | None, typer.Option("--model", help="Check this model instead of the configured one.")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Check this model instead of the configured one.")
+    ] = None,
     output_file: Annotated[Path | None, typer.Option("--output-file", help="Output file to check.")] = None,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Cache directory to check.")] = None,
     data_dir: DataDirOption = None,

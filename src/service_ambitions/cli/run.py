@@ -33,7 +33,7 @@ CacheMode = Literal["off", "read", "refresh", "write"]
 
 
 @exits
-def run(  # noqa: PLR0913  (one parameter per documented flag)
+def run(
     input_file: Annotated[
         Path | None, typer.Option("--input-file", help="Services JSONL file. [default: services.jsonl]")
     ] = None,
@@ -47,15 +47,22 @@ def run(  # noqa: PLR0913  (one parameter per documented flag)
     descriptions_model: Annotated[
         str | None, typer.Option("--descriptions-model", help="Model for the descriptions stage.")
     ] = None,
-    features_model: Annotated[str | None, typer.Option("--features-model", help="Model for the features stage.")] = None,
-    mapping_model: Annotated[str | None, typer.Option("--mapping-model", help="Model for the mapping stage.")] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", help="Services processed at once.")] = None,
+    features_model: Annotated[
+        str | None, typer.Option("--features-model", help="Model for the features stage.")
+    ] = None,
+    mapping_model: Annotated[
+        str | None, typer.Option("--mapping-model", help="Model for the mapping stage.")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", help="Services processed at once.")
+    ] = None,
     max_services: Annotated[
         int | None, typer.Option("--max-services", min=1, help="Process at most N services.")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed passed to models that accept one.")] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Check settings, content and input; print the plan; call nothing.")
+        bool,
+        typer.Option("--dry-run", help="Check settings, content and input; print the plan; call nothing."),
     ] = False,
     strict: Annotated[
         bool | None,
@@ -87,7 +94,6 @@ def run(  # noqa: PLR0913  (one parameter per documented flag)
     """Run the pipeline over a services file and write one validated record per service.
 
     Examples:
-
         service-ambitions run --input-file samples/services.jsonl --model offline
 
         service-ambitions run --config config/app.yaml --model openai:gpt-5-mini --concurrency 16

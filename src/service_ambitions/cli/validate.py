@@ -62,7 +62,8 @@ def _content_findings(settings: Settings) -> list[str]:
 @exits
 def validate(
     input_file: Annotated[
-        Path | None, typer.Option("--input-file", help="Services JSONL file to check. [default: services.jsonl]")
+        Path | None,
+        typer.Option("--input-file", help="Services JSONL file to check. [default: services.jsonl]"),
     ] = None,
     output_file: Annotated[
         Path | None,
@@ -78,7 +79,6 @@ def validate(
     Every finding is listed with its file (and line); exit 0 when clean, 3 otherwise.
 
     Example:
-
         service-ambitions validate --input-file samples/services.jsonl
     """
     findings: list[str] = []

@@ -56,7 +56,7 @@ def build_catalogue(mapping_set: MappingSet, raw: Any) -> Catalogue:
 
 def _as_list(raw: Any) -> list[Any]:
     if not isinstance(raw, list):
-        raise ValueError("a catalogue must be a list of items or an object with an 'items' list")
+        raise TypeError("a catalogue must be a list of items or an object with an 'items' list")
     return raw
 
 

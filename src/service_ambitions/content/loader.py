@@ -156,7 +156,7 @@ def load_catalogue(path: Path, mapping_set: MappingSet) -> Catalogue:
         catalogue = build_catalogue(mapping_set, raw)
     except ValidationError as exc:
         raise _explain(path, exc) from None
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise ContentError(f"{path}: {exc}") from None
     ids = [item.id for item in catalogue.items]
     duplicates = sorted({item_id for item_id in ids if ids.count(item_id) > 1})

@@ -24,7 +24,7 @@ __all__ = [
     "SupportingItem",
 ]
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION: Literal["1.1"] = "1.1"
 
 
 class _Record(BaseModel):
@@ -121,7 +121,7 @@ class Header(_Record):
     run_id: str
     seed: int | None = None
     models: dict[str, str]
-    synthetic: bool = Field(description="True when the synthetic offline model produced any answer.")
+    synthetic: bool = Field(description="True when the synthetic offline model is configured for any stage.")
     mapping_sets: list[str]
     catalogue_hash: str
     input_digest: str

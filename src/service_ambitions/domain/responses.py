@@ -132,6 +132,14 @@ class MappingAnswer(BaseModel):
         raise NotImplementedError
 
 
+class _FieldContributions(BaseModel):
+    """The ``{"<field>": [...]}`` object of one feature entry (the alias is set per field)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    contributions: list[Contribution] = Field(default_factory=list)
+
+
 def _unwrap(value: Any, field: str) -> Any:
     """Accept ``{"<field>": [...]}`` nested once more than expected."""
     while isinstance(value, dict) and field in value:
@@ -147,18 +155,15 @@ def mapping_response_model(field: str) -> type[MappingAnswer]:
     ``{field: {field: [...]}}`` in either place. Duplicate ``feature_id`` values are invalid.
     """
 
-    class _Mappings(BaseModel):
-        model_config = ConfigDict(extra="ignore")
-
     mappings_model = create_model(
         f"{field.title().replace('_', '')}Mappings",
-        __base__=_Mappings,
-        **{"contributions": (list[Contribution], Field(default_factory=list, alias=field))},
+        __base__=_FieldContributions,
+        contributions=(list[Contribution], Field(default_factory=list, alias=field)),
     )
 
     class _Entry(BaseModel):
         feature_id: NonEmpty
-        mappings: mappings_model  # type: ignore[valid-type]
+        mappings: mappings_model
 
         @model_validator(mode="before")
         @classmethod
@@ -180,7 +185,7 @@ def mapping_response_model(field: str) -> type[MappingAnswer]:
     entry_model = create_model(f"{field.title().replace('_', '')}MappingFeature", __base__=_Entry)
 
     class _Response(MappingAnswer):
-        features: list[entry_model]  # type: ignore[valid-type]
+        features: list[entry_model]
 
         @model_validator(mode="after")
         def _unique_ids(self) -> _Response:

@@ -86,7 +86,9 @@ class ProcessingEngine:
         """Process every service of ``input_path`` into ``output_path``."""
         started = time.perf_counter()
         input_digest = file_digest(input_path)
-        run_id = run_id_for(input_digest, settings_digest(self.settings, self.context.content), self.settings.seed)
+        run_id = run_id_for(
+            input_digest, settings_digest(self.settings, self.context.content), self.settings.seed
+        )
         report = RunReport(run_id=run_id, output=output_path)
         quarantine = QuarantineStore(quarantine_dir_for(output_path))
         quarantine.reset()
@@ -155,7 +157,9 @@ class ProcessingEngine:
             line=item.line,
         )
 
-    async def _service(self, item: InputLine, quarantine: QuarantineStore, report: RunReport) -> ServiceResult | None:
+    async def _service(
+        self, item: InputLine, quarantine: QuarantineStore, report: RunReport
+    ) -> ServiceResult | None:
         service_id = item.service.service_id
         try:
             result = await self.pipeline.run(item.service)

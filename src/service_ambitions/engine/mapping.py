@@ -66,7 +66,11 @@ def merge_mapping(
             if facet_model is not None:
                 if facets is None:
                     facet_problems.append(
-                        {"feature_id": entry.feature_id, "item": contribution.item, "error": "facets object missing"}
+                        {
+                            "feature_id": entry.feature_id,
+                            "item": contribution.item,
+                            "error": "facets object missing",
+                        }
                     )
                 else:
                     try:
@@ -111,8 +115,11 @@ def merge_mapping(
             Problem(
                 QuarantineKind.FACET_VALIDATION,
                 "mapping",
-                f"{len(facet_problems)} {field_name} contribution(s) with invalid facets at plateau {plateau}: "
-                + "; ".join(f"{item['item']} for {item['feature_id']}: {item['error']}" for item in facet_problems[:5]),
+                f"{len(facet_problems)} {field_name} contribution(s) with invalid facets "
+                f"at plateau {plateau}: "
+                + "; ".join(
+                    f"{item['item']} for {item['feature_id']}: {item['error']}" for item in facet_problems[:5]
+                ),
                 {**base, "violations": facet_problems},
             )
         )

@@ -123,7 +123,9 @@ class ServicePipeline:
         ]
 
     async def _descriptions(self, service: ServiceInput) -> tuple[dict[int, str], str]:
-        prompt = render_template(self.content.templates["descriptions"], descriptions_values(self.content.plateaus))
+        prompt = render_template(
+            self.content.templates["descriptions"], descriptions_values(self.content.plateaus)
+        )
         answer = await self.gateway.call(
             stage="descriptions",
             service_id=service.service_id,
@@ -152,7 +154,9 @@ class ServicePipeline:
 
     async def _plateau(self, service: ServiceInput, plateau: Plateau, description: str) -> _PlateauOutcome:
         features, features_model, problems = await self._features(service, plateau, description)
-        listing = [{"id": item.feature_id, "name": item.name, "description": item.description} for item in features]
+        listing = [
+            {"id": item.feature_id, "name": item.name, "description": item.description} for item in features
+        ]
         feature_ids = [item.feature_id for item in features]
         contributions: dict[str, dict[str, list[SupportingItem]]] = {}
         mapping_models: dict[str, str] = {}
@@ -160,7 +164,9 @@ class ServicePipeline:
 
         async def map_set(index: int) -> tuple[int, Any]:
             catalogue = self.content.catalogues[index]
-            prompt = render_template(self.content.templates["mapping"], mapping_values(plateau, catalogue, listing))
+            prompt = render_template(
+                self.content.templates["mapping"], mapping_values(plateau, catalogue, listing)
+            )
             answer = await self.gateway.call(
                 stage="mapping",
                 service_id=service.service_id,
@@ -180,7 +186,9 @@ class ServicePipeline:
         if features:
             try:
                 async with asyncio.TaskGroup() as group:
-                    tasks = [group.create_task(map_set(index)) for index in range(len(self.content.catalogues))]
+                    tasks = [
+                        group.create_task(map_set(index)) for index in range(len(self.content.catalogues))
+                    ]
             except* Exception as failures:
                 raise failures.exceptions[0] from None
             results = sorted(task.result() for task in tasks)
@@ -236,7 +244,8 @@ class ServicePipeline:
                             QuarantineKind.SCHEMA_MISMATCH,
                             "features",
                             f"duplicate feature id {identifier} at plateau {plateau.name}: "
-                            f"{item.name!r} for {role.role_id} repeats {first.name!r} for {first.customer_type}; "
+                            f"{item.name!r} for {role.role_id} repeats "
+                            f"{first.name!r} for {first.customer_type}; "
                             "the repeat was dropped",
                             {
                                 "plateau": plateau.level,

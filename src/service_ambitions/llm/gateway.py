@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -141,7 +141,12 @@ class Gateway:
             model = FallbackModel(
                 model,
                 *(self._model(model_id) for model_id in fallbacks),
-                fallback_on=(ModelRateLimitError, ModelUnavailableError, ModelServerError, ModelConnectionError),
+                fallback_on=(
+                    ModelRateLimitError,
+                    ModelUnavailableError,
+                    ModelServerError,
+                    ModelConnectionError,
+                ),
             )
         self._stage_models[stage] = model
         return model
@@ -194,10 +199,15 @@ class Gateway:
         return cache_key(
             {
                 "stage": stage,
-                "model": parse_model_id(model_id).qualified,
-                "fallbacks": self.settings.fallbacks_for(stage, model_id),
+                "model": parse_model_id(model_id).cache_identity,
+                "fallbacks": [
+                    parse_model_id(fallback).cache_identity
+                    for fallback in self.settings.fallbacks_for(stage, model_id)
+                ],
                 "model_settings": {
-                    key: value for key, value in self.model_settings(stage).items() if key != "request_timeout"
+                    key: value
+                    for key, value in self.model_settings(stage).items()
+                    if key != "request_timeout"
                 },
                 "output_retries": self.settings.output_retries,
                 "system_prompt": self.system_digest,
@@ -256,7 +266,10 @@ class Gateway:
         except TimeoutError:
             self.stats.failures += 1
             raise StageTimeout(
-                f"no answer within the {budget:g} s budget", service_id=service_id, stage=stage, model_name=model_id
+                f"no answer within the {budget:g} s budget",
+                service_id=service_id,
+                stage=stage,
+                model_name=model_id,
             ) from None
         except (ModelAPIError, UnexpectedModelBehavior) as exc:
             self.stats.failures += 1
@@ -308,7 +321,9 @@ class Gateway:
         attempt = 0
         while True:
             attempt += 1
-            response = await model_request(model, messages, model_settings=settings, model_request_parameters=parameters)
+            response = await model_request(
+                model, messages, model_settings=settings, model_request_parameters=parameters
+            )
             self.stats.model_requests += 1
             tokens_in += response.usage.input_tokens
             tokens_out += response.usage.output_tokens
@@ -345,7 +360,9 @@ class Gateway:
                         retry=RetryInfo(cause="validation_error", attempt=attempt),
                     )
                 else:
-                    cause = "validation_error" if isinstance(exc, ValidationError) else "no_output"
+                    cause: Literal["validation_error", "no_output"] = (
+                        "validation_error" if isinstance(exc, ValidationError) else "no_output"
+                    )
                     retry = RetryFeedbackPart(content=details, retry=RetryInfo(cause=cause, attempt=attempt))
                 messages = [*messages, response, ModelRequest(parts=[retry])]
 

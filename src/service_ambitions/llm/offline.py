@@ -30,21 +30,21 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
 from service_ambitions.domain.responses import CMMI_LABELS
+from service_ambitions.llm._names import OFFLINE_MODEL_NAME, is_offline
 
 __all__ = ["OFFLINE_MODEL_NAME", "OfflineModel", "is_offline"]
-
-OFFLINE_MODEL_NAME = "offline"
 _LABEL = re.compile(r"^([A-Z_]+): (.*)$", re.MULTILINE)
 _PLATEAU_TEXT = re.compile(r"^(\d+)\. \*\*(.+?)\*\*\n\s+- Core idea: (.+)$", re.MULTILINE)
 _WORD = re.compile(r"[a-z][a-z0-9]+")
-_STOPWORDS = frozenset(
-    """about across after also and any are based been before being both but can each every for from
-    have into its more most much must not now only other our out over own same should such than that the
-    their them then there these they this those through too under until use used using very via was were
-    what when where which while who whom why will with within without would you your able make makes
-    made need needs get gets want wants find help helps support supports service services students staff
-    student university new""".split()
+_STOPWORD_TEXT = (
+    "about across after also and any are based been before being both but can each every for from have "
+    "into its more most much must not now only other our out over own same should such than that the "
+    "their them then there these they this those through too under until use used using very via was "
+    "were what when where which while who whom why will with within without would you your able make "
+    "makes made need needs get gets want wants find help helps support supports service services "
+    "students staff student university new"
 )
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _STAGE_STYLE = {
     1: ("Online", "a consistent digital channel with clear, published steps"),
     2: ("Guided", "guided, personalised journeys that anticipate common questions"),
@@ -52,11 +52,6 @@ _STAGE_STYLE = {
     4: ("Outcome-tracked", "measures of outcomes that steer the service as it runs"),
     5: ("Reimagined", "a redesigned experience that joins up partners and the wider institution"),
 }
-
-
-def is_offline(model_id: str) -> bool:
-    """True for the ``offline`` model id (optionally written ``offline:<anything>``)."""
-    return model_id == OFFLINE_MODEL_NAME or model_id.startswith(OFFLINE_MODEL_NAME + ":")
 
 
 def _stable(*parts: str) -> int:
@@ -74,7 +69,14 @@ def _terms(text: str) -> frozenset[str]:
     return frozenset(_stem(word) for word in _WORD.findall(text.lower()) if word not in _STOPWORDS)
 
 
-_PRONOUNS = {"i": "they", "my": "their", "me": "them", "i'm": "they are", "mine": "theirs", "myself": "themselves"}
+_PRONOUNS = {
+    "i": "they",
+    "my": "their",
+    "me": "them",
+    "i'm": "they are",
+    "mine": "theirs",
+    "myself": "themselves",
+}
 
 
 def _lower_first(text: str) -> str:
@@ -153,7 +155,9 @@ class OfflineModel(FunctionModel):
         service = prompt.json("SERVICE_CONTEXT", {}) or {}
         core = {match.group(2): match.group(3).strip() for match in _PLATEAU_TEXT.finditer(prompt.system)}
         name = service.get("name", "The service")
-        jobs = [_third_person(_lower_first(job.get("name", ""))) for job in service.get("jobs_to_be_done", [])]
+        jobs = [
+            _third_person(_lower_first(job.get("name", ""))) for job in service.get("jobs_to_be_done", [])
+        ]
         answers = []
         for entry in prompt.json("PLATEAUS", []) or []:
             level, plateau_name = int(entry["plateau"]), str(entry["plateau_name"])
@@ -180,7 +184,9 @@ class OfflineModel(FunctionModel):
         features: dict[str, list[dict[str, Any]]] = {}
         for role in prompt.json("ROLES", []) or []:
             role_id = role["role_id"]
-            mine = [job for job in jobs if any(r.get("role_id") == role_id for r in job.get("role", []) or [])]
+            mine = [
+                job for job in jobs if any(r.get("role_id") == role_id for r in job.get("role", []) or [])
+            ]
             chosen = mine or [job for job in jobs if not job.get("role")] or jobs
             names = [_third_person(_lower_first(job.get("name", ""))) for job in chosen[:3]] or [
                 f"use {service.get('name', 'the service')}"

@@ -5,12 +5,24 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service_ambitions.errors import ConfigError, ProviderKeyMissing
-from service_ambitions.llm.offline import OfflineModel, is_offline
+from service_ambitions.llm._names import OFFLINE_MODEL_VERSION, is_offline
 from service_ambitions.settings import Settings
 
-__all__ = ["KEY_VARIABLES", "ModelRef", "check_provider_keys", "parse_model_id", "resolve_model"]
+if TYPE_CHECKING:
+    from pydantic_ai.models import Model
+
+__all__ = [
+    "KEY_VARIABLES",
+    "export_dotenv_provider_keys",
+    "ModelRef",
+    "check_provider_keys",
+    "parse_model_id",
+    "resolve_model",
+]
 
 # Environment variables each provider reads its key from (first one found wins).
 KEY_VARIABLES: dict[str, tuple[str, ...]] = {
@@ -48,6 +60,11 @@ class ModelRef:
         """``provider:name``, or ``offline``."""
         return self.name if self.provider == "offline" else f"{self.provider}:{self.name}"
 
+    @property
+    def cache_identity(self) -> str:
+        """What identifies the model's behaviour in cache keys (the offline model carries its version)."""
+        return f"offline@{OFFLINE_MODEL_VERSION}" if self.provider == "offline" else self.qualified
+
 
 def parse_model_id(model_id: str) -> ModelRef:
     """Split ``provider:model``; the provider prefix is required (except for ``offline``)."""
@@ -59,6 +76,25 @@ def parse_model_id(model_id: str) -> ModelRef:
             f"model {model_id!r} must be written provider:model (e.g. openai:gpt-5-mini) or be 'offline'"
         )
     return ModelRef(ALIASES.get(provider, provider), name)
+
+
+def export_dotenv_provider_keys(path: Path = Path(".env")) -> list[str]:
+    """Make provider variables written in ``.env`` visible to the provider SDKs.
+
+    Only known provider variables are exported, and never over a value already in the
+    environment. Returns the names exported (never the values).
+    """
+    if not path.is_file():
+        return []
+    from dotenv import dotenv_values  # noqa: PLC0415
+
+    wanted = {name for names in KEY_VARIABLES.values() for name in names} | {"OPENAI_BASE_URL"}
+    exported = []
+    for name, value in dotenv_values(path).items():
+        if name in wanted and value and name not in os.environ:
+            os.environ[name] = value
+            exported.append(name)
+    return sorted(exported)
 
 
 def _all_model_ids(settings: Settings) -> list[str]:
@@ -97,10 +133,12 @@ def check_provider_keys(settings: Settings, model_ids: Iterable[str] | None = No
             raise ProviderKeyMissing(f"model {model_id!r} needs an API key: set {variables}")
 
 
-def resolve_model(model_id: str, settings: Settings) -> object:
+def resolve_model(model_id: str, settings: Settings) -> Model:
     """Build the pydantic-ai model for an id (imports provider SDKs lazily)."""
     ref = parse_model_id(model_id)
     if ref.provider == "offline":
+        from service_ambitions.llm.offline import OfflineModel  # noqa: PLC0415
+
         return OfflineModel(latency_ms=settings.offline.latency_ms, jitter_ms=settings.offline.jitter_ms)
     from pydantic_ai.models import infer_model  # noqa: PLC0415  (heavy import, kept off --help)
 

@@ -82,7 +82,9 @@ def read_services(path: Path) -> Iterator[InputLine | BadLine]:
             try:
                 raw = raw_bytes.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield BadLine(number, f"not valid UTF-8 ({exc.reason} at byte {exc.start})", repr(raw_bytes[:200]))
+                yield BadLine(
+                    number, f"not valid UTF-8 ({exc.reason} at byte {exc.start})", repr(raw_bytes[:200])
+                )
                 continue
             if not raw.strip():
                 continue
@@ -107,7 +109,10 @@ def read_services(path: Path) -> Iterator[InputLine | BadLine]:
                 continue
             if service.service_id in seen:
                 yield BadLine(
-                    number, f"duplicate service_id {service.service_id!r}", raw.rstrip("\n"), service.service_id
+                    number,
+                    f"duplicate service_id {service.service_id!r}",
+                    raw.rstrip("\n"),
+                    service.service_id,
                 )
                 continue
             seen.add(service.service_id)

@@ -60,7 +60,9 @@ class QuarantineStore:
         line: int | None = None,
     ) -> QuarantineEntry:
         """Write one entry atomically; its id is derived from its content (stable across reruns)."""
-        basis = json.dumps([service_id, stage, kind, error, line, payload], ensure_ascii=False, sort_keys=True, default=str)
+        basis = json.dumps(
+            [service_id, stage, kind, error, line, payload], ensure_ascii=False, sort_keys=True, default=str
+        )
         entry_id = hashlib.sha256(basis.encode()).hexdigest()[:12]
         entry = QuarantineEntry(
             id=entry_id,
