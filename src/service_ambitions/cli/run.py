@@ -60,6 +60,14 @@ def run(
         int | None, typer.Option("--max-services", min=1, help="Process at most N services.")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed passed to models that accept one.")] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the existing output: skip services already written or quarantined. Refused (exit 3) "
+            "when the input, output-affecting settings or schema changed.",
+        ),
+    ] = False,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Check settings, content and input; print the plan; call nothing."),
@@ -125,7 +133,9 @@ def run(
             _plan(context, settings, max_services)
             return
         engine = ProcessingEngine(context)
-        report = asyncio.run(engine.run(settings.input_file, settings.output_file, max_services=max_services))
+        report = asyncio.run(
+            engine.run(settings.input_file, settings.output_file, max_services=max_services, resume=resume)
+        )
         _summary(context, report, quiet=quiet)
     finally:
         context.close()
@@ -168,7 +178,8 @@ def _summary(context: RunContext, report: RunReport, *, quiet: bool) -> None:
     cache = context.cache.stats
     stats = context.gateway.stats
     lines = [
-        f"run {report.run_id}: wrote {report.services_ok} record(s) to {report.output}",
+        f"run {report.run_id}: wrote {report.services_ok} record(s) to {report.output}"
+        + (f" (resumed after {report.resumed}; {report.skipped} skipped)" if report.resumed else ""),
         f"  services: {report.services_ok} ok, {report.services_failed} failed, "
         f"{report.input_invalid} invalid input line(s)",
         f"  quarantined: {report.quarantined} entr{'y' if report.quarantined == 1 else 'ies'}"
@@ -177,6 +188,8 @@ def _summary(context: RunContext, report: RunReport, *, quiet: bool) -> None:
         f"{stats.output_reasks} output re-ask(s)); tokens in {stats.input_tokens}, out {stats.output_tokens}",
         f"  wall time: {report.wall_seconds:.2f} s",
     ]
+    if report.repaired_bytes:
+        lines.append(f"  repaired: a torn last line ({report.repaired_bytes} bytes) was moved to *.broken")
     if cache.corrupt:
         lines.append(f"  cache: {cache.corrupt} corrupt entr{'y' if cache.corrupt == 1 else 'ies'} purged")
     err("\n".join(lines))

@@ -21,6 +21,7 @@ from service_ambitions.engine.problems import Problem
 from service_ambitions.errors import PipelineError, QuarantineKind
 from service_ambitions.store.inputs import BadLine, InputLine, file_digest, read_services
 from service_ambitions.store.quarantine import QuarantineStore, quarantine_dir_for
+from service_ambitions.store.resume import prepare_resume
 from service_ambitions.store.writer import OutputWriter
 
 __all__ = ["ProcessingEngine", "RunReport", "run_id_for"]
@@ -42,6 +43,9 @@ class RunReport:
     unknown_ids: int = 0
     wall_seconds: float = 0.0
     failed_ids: list[str] = field(default_factory=list)
+    resumed: int = 0
+    skipped: int = 0
+    repaired_bytes: int = 0
 
 
 def run_id_for(input_digest: str, settings_digest: str, seed: int) -> str:
@@ -82,23 +86,51 @@ class ProcessingEngine:
             settings={**settings.output_affecting(), "content_digest": self.context.content.digest},
         )
 
-    async def run(self, input_path: Path, output_path: Path, *, max_services: int | None = None) -> RunReport:
-        """Process every service of ``input_path`` into ``output_path``."""
+    async def run(
+        self, input_path: Path, output_path: Path, *, max_services: int | None = None, resume: bool = False
+    ) -> RunReport:
+        """Process every service of ``input_path`` into ``output_path``.
+
+        Args:
+            input_path: The services file.
+            output_path: The output file (its quarantine lives beside it).
+            max_services: Process at most this many services (in this run).
+            resume: Continue an existing output instead of replacing it.
+
+        Raises:
+            InputError: The input file cannot be read.
+            ResumeRefused: ``resume`` and the output was made from other input, settings or schema.
+        """
         started = time.perf_counter()
         input_digest = file_digest(input_path)
         run_id = run_id_for(
             input_digest, settings_digest(self.settings, self.context.content), self.settings.seed
         )
         report = RunReport(run_id=run_id, output=output_path)
+        header = self.header(input_digest, run_id)
         quarantine = QuarantineStore(quarantine_dir_for(output_path))
-        quarantine.reset()
         writer = OutputWriter(output_path)
-        writer.start(self.header(input_digest, run_id))
+        skip: set[str] = set()
+        state = prepare_resume(output_path, header, quarantine) if resume else None
+        if state is not None and state.header is not None:
+            skip = state.skip
+            report.resumed = len(state.done)
+            report.repaired_bytes = state.repaired_bytes
+            writer.open_append()
+            log.info(
+                "resuming %s: %d record(s) done, %d quarantined service(s) skipped",
+                output_path,
+                len(state.done),
+                len(state.quarantined),
+            )
+        else:
+            quarantine.reset()
+            writer.start(header)
         try:
-            await self._process(input_path, writer, quarantine, report, max_services)
+            await self._process(input_path, writer, quarantine, report, max_services, skip)
         finally:
             writer.close()
-            report.quarantined = quarantine.written
+            report.quarantined = quarantine.count()
             report.wall_seconds = time.perf_counter() - started
         return report
 
@@ -109,6 +141,7 @@ class ProcessingEngine:
         quarantine: QuarantineStore,
         report: RunReport,
         max_services: int | None,
+        skip: set[str],
     ) -> None:
         capacity = asyncio.Semaphore(self.settings.concurrency)
         slots: dict[int, _Slot] = {}
@@ -136,6 +169,9 @@ class ProcessingEngine:
             for item in read_services(input_path):
                 if isinstance(item, BadLine):
                     self._bad_line(item, quarantine, report)
+                    continue
+                if item.service.service_id in skip:
+                    report.skipped += 1
                     continue
                 if max_services is not None and scheduled >= max_services:
                     break

@@ -89,6 +89,10 @@ class QuarantineStore:
         ]
         return iter(sorted(loaded, key=lambda entry: (entry.service_id or "", entry.id)))
 
+    def count(self) -> int:
+        """How many entries the store holds."""
+        return sum(1 for _ in self.directory.glob("*.json")) if self.directory.is_dir() else 0
+
     def get(self, entry_id: str) -> QuarantineEntry | None:
         """One entry by id (or unique id prefix)."""
         matches = [entry for entry in self.entries() if entry.id.startswith(entry_id)]

@@ -32,6 +32,10 @@ class OutputWriter:
         self._write_line(header.model_dump_json().encode("utf-8"))
         self._sync()
 
+    def open_append(self) -> None:
+        """Continue an existing file (resume); its header and records stay as they are."""
+        self._handle = self.path.open("ab")
+
     def write(self, record: ServiceEvolution) -> None:
         """Append one record and flush it."""
         self._write_line(record.model_dump_json().encode("utf-8"))
