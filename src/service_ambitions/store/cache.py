@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from service_ambitions.store._atomic import atomic_write_bytes
+from service_ambitions.store._atomic import TEMP_SUFFIX, atomic_write_bytes
 
-__all__ = ["CACHE_FORMAT_VERSION", "CacheStats", "ResponseCache", "cache_key"]
+__all__ = ["CACHE_FORMAT_VERSION", "CacheStats", "Finding", "PurgeResult", "ResponseCache", "cache_key"]
 
 CACHE_FORMAT_VERSION = 1
 CacheMode = Literal["off", "read", "refresh", "write"]
@@ -62,6 +62,25 @@ class CacheStats:
     expired: int = 0
     writes: int = 0
     evictions: int = 0
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One integrity problem found by :meth:`ResponseCache.validate`."""
+
+    kind: str
+    """``hash_mismatch``, ``missing_payload``, ``orphan_file`` or ``temp_file``."""
+    path: Path
+    detail: str
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    """What a purge removed (or would remove, in a dry run)."""
+
+    entries: int
+    bytes: int
+    files: int = 0
 
 
 class ResponseCache:
@@ -189,3 +208,82 @@ class ResponseCache:
             self._total_bytes -= int(row[0])
         with contextlib.suppress(FileNotFoundError):
             self.path_for(key).unlink()
+
+    # maintenance --------------------------------------------------------------------------------
+    def validate(self) -> list[Finding]:
+        """Check every entry against its hash, and look for orphan and leftover temp files."""
+        findings: list[Finding] = []
+        known: set[str] = set()
+        for key, expected, size in self.db.execute("SELECT key, sha256, size FROM entries ORDER BY key"):
+            known.add(key)
+            path = self.path_for(key)
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                findings.append(Finding("missing_payload", path, f"manifest entry {key} has no payload file"))
+                continue
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != expected:
+                findings.append(
+                    Finding(
+                        "hash_mismatch",
+                        path,
+                        f"sha256 {actual[:12]}… != manifest {expected[:12]}… ({size} bytes)",
+                    )
+                )
+        for path in sorted((self.directory / "entries").rglob("*")):
+            if not path.is_file():
+                continue
+            if path.name.endswith(TEMP_SUFFIX):
+                findings.append(
+                    Finding("temp_file", path, "leftover temporary file from an interrupted write")
+                )
+            elif path.suffix == ".json" and path.stem not in known:
+                findings.append(Finding("orphan_file", path, "payload file without a manifest entry"))
+        return findings
+
+    def purge(
+        self,
+        *,
+        older_than: float | None = None,
+        max_size: int | None = None,
+        everything: bool = False,
+        dry_run: bool = False,
+    ) -> PurgeResult:
+        """Remove entries not used for ``older_than`` seconds, then LRU entries down to ``max_size``.
+
+        ``everything`` removes every entry and every stray file. Corrupt entries, orphans and
+        leftover temp files are always removed too (they can never be served).
+        """
+        rows = self.db.execute("SELECT key, size, accessed FROM entries ORDER BY accessed, key").fetchall()
+        doomed: dict[str, int] = {}
+        if everything:
+            doomed = {key: size for key, size, _ in rows}
+        else:
+            now = self.clock()
+            if older_than is not None:
+                doomed.update({key: size for key, size, accessed in rows if now - accessed > older_than})
+            if max_size is not None:
+                total = sum(size for key, size, _ in rows if key not in doomed)
+                for key, size, _ in rows:
+                    if total <= max_size:
+                        break
+                    if key not in doomed:
+                        doomed[key] = size
+                        total -= size
+        strays = [finding.path for finding in self.validate() if finding.kind in ("orphan_file", "temp_file")]
+        broken = {
+            finding.path.stem: 0
+            for finding in self.validate()
+            if finding.kind in ("hash_mismatch", "missing_payload")
+        }
+        for key in broken:
+            doomed.setdefault(key, next((size for k, size, _ in rows if k == key), 0))
+        freed = sum(doomed.values()) + sum(path.stat().st_size for path in strays if path.exists())
+        if not dry_run:
+            for key in doomed:
+                self._remove(key)
+            for path in strays:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        return PurgeResult(entries=len(doomed), bytes=freed, files=len(strays))

@@ -1,0 +1,70 @@
+"""``service-ambitions migrate``: convert an output file between schema versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from service_ambitions import __version__
+from service_ambitions.cli._common import DataDirOption, RolesFileOption, err, exits
+from service_ambitions.content import loader
+from service_ambitions.domain.output import SCHEMA_VERSION
+from service_ambitions.store.migrate import MigrationOptions, find_migration, migrate_file
+
+__all__ = ["migrate"]
+
+
+@exits
+def migrate(
+    from_version: Annotated[
+        str, typer.Option("--from", help="Schema version of the input file, e.g. 1.0.", show_default=False)
+    ],
+    input_file: Annotated[
+        Path,
+        typer.Option("--input", "--input-file", help="The file to migrate.", show_default=False),
+    ],
+    output_file: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "--output-file",
+            help="Where to write the migrated file (replaced atomically; may equal --input).",
+            show_default=False,
+        ),
+    ],
+    to_version: Annotated[str, typer.Option("--to", help="Schema version to write.")] = SCHEMA_VERSION,
+    roles_file: RolesFileOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Convert an evolutions file to another schema version; never calls a model.
+
+    Migrating 1.0 to 1.1 writes a header whose `migrated_from` keeps every 1.0 `meta`, one entry per
+    run id with the services it produced. Roles missing from 1.0 records are described from the roles
+    file. Nothing is written unless every line converts. Exit 2 for an unsupported version pair,
+    3 for a missing or invalid input.
+
+    Example:
+        service-ambitions migrate --from 1.0 --to 1.1 --input old.jsonl --output evolutions.jsonl
+    """
+    find_migration(from_version, to_version)  # an unsupported pair fails before anything is read
+    roles_path = loader.resolve_roles_path(roles_file, data_dir or loader.default_data_dir())
+    roles = loader.load_roles(roles_path)
+    report = migrate_file(
+        input_file,
+        output_file,
+        from_version=from_version,
+        to_version=to_version,
+        options=MigrationOptions(tool_version=__version__, roles=roles),
+    )
+    duplicates = (
+        f"; {len(report.duplicate_service_ids)} service id(s) appear more than once (all kept)"
+        if report.duplicate_service_ids
+        else ""
+    )
+    err(
+        f"migrate: {report.records} record(s) from {len(report.run_ids)} run(s) "
+        f"({', '.join(report.run_ids)}) migrated {report.from_version} -> {report.to_version} "
+        f"into {output_file}{duplicates}"
+    )
