@@ -41,16 +41,21 @@ def generate(path: Path, count: int, seed: int = 7) -> None:
             handle.write(json.dumps(record) + "\n")
 
 
-def child(count: int, latency_ms: float, concurrency: int, cache_mode: str) -> dict[str, Any]:
-    """Run one case in this process and measure it."""
+def child(
+    count: int, latency_ms: float, concurrency: int, cache_mode: str, work: Path | None = None
+) -> dict[str, Any]:
+    """Run one case in this process and measure it (``work`` keeps the cache between calls)."""
+    if work is None:
+        with tempfile.TemporaryDirectory(prefix="sa-bench-") as tmp:
+            return child(count, latency_ms, concurrency, cache_mode, Path(tmp))
     from service_ambitions.context import build_context  # noqa: PLC0415
     from service_ambitions.engine.engine import ProcessingEngine  # noqa: PLC0415
     from service_ambitions.llm.offline import OfflineModel  # noqa: PLC0415
     from service_ambitions.settings import load_settings  # noqa: PLC0415
 
-    with tempfile.TemporaryDirectory(prefix="sa-bench-") as tmp:
-        work = Path(tmp)
-        generate(work / "services.jsonl", count)
+    if True:
+        if not (work / "services.jsonl").exists():
+            generate(work / "services.jsonl", count)
         settings = load_settings(
             None,
             {
@@ -97,10 +102,23 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="services in flight")
     parser.add_argument("--cache-mode", default="off", choices=["off", "read"], help="response cache mode")
     parser.add_argument("--json", action="store_true", help="print JSON results")
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="run each size twice on one cache: cold, then warm (cache-mode read)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child and args.warm:
+        with tempfile.TemporaryDirectory(prefix="sa-bench-") as tmp:
+            cold = child(args.sizes[0], args.latency_ms, args.concurrency, "read", Path(tmp))
+            warm = child(args.sizes[0], args.latency_ms, args.concurrency, "read", Path(tmp))
+        cold["case"], warm["case"] = "cold", "warm"
+        warm["speedup"] = round(cold["wall_s"] / warm["wall_s"], 1)
+        print(json.dumps([cold, warm]))
+        return 0
     if args.child:
-        print(json.dumps(child(args.sizes[0], args.latency_ms, args.concurrency, args.cache_mode)))
+        print(json.dumps([child(args.sizes[0], args.latency_ms, args.concurrency, args.cache_mode)]))
         return 0
     results = []
     for size in args.sizes:
@@ -117,19 +135,20 @@ def main() -> int:
                 str(args.concurrency),
                 "--cache-mode",
                 args.cache_mode,
+                *(["--warm"] if args.warm else []),
             ],
             capture_output=True,
             text=True,
             check=True,
         )
-        results.append(json.loads(completed.stdout.strip().splitlines()[-1]))
+        results.extend(json.loads(completed.stdout.strip().splitlines()[-1]))
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    columns = list(results[0])
+    columns = list(dict.fromkeys(column for row in results for column in row))
     print("  ".join(f"{column:>{max(len(column), 8)}}" for column in columns))
     for row in results:
-        print("  ".join(f"{row[column]!s:>{max(len(column), 8)}}" for column in columns))
+        print("  ".join(f"{row.get(column, '')!s:>{max(len(column), 8)}}" for column in columns))
     return 0
 
 

@@ -84,7 +84,9 @@ def soak(work: Path, *, iterations: int, services: int, seed: int, max_delay: fl
     broken = work / "evolutions.jsonl.broken"
     for _ in range(iterations):
         before = broken.stat().st_size if broken.exists() else 0
-        process = subprocess.Popen(_command(work), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            _command(work), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             process.wait(timeout=rng.uniform(0.05, max_delay))
             result.finished_early += 1
@@ -105,7 +107,9 @@ def soak(work: Path, *, iterations: int, services: int, seed: int, max_delay: fl
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--services", type=int, default=40)
     parser.add_argument("--seed", type=int, default=1)
@@ -114,7 +118,9 @@ def main() -> int:
     import tempfile  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="sa-soak-") as tmp:
-        result = soak(args.workdir or Path(tmp), iterations=args.iterations, services=args.services, seed=args.seed)
+        result = soak(
+            args.workdir or Path(tmp), iterations=args.iterations, services=args.services, seed=args.seed
+        )
     print(json.dumps(result.__dict__, indent=2))
     ok = result.final_exit == 0 and not result.lost and not result.duplicated
     return 0 if ok else 1

@@ -108,7 +108,7 @@ def test_cache_validate_and_purge_cli(cli: Cli, isolated: Path) -> None:
     assert clean.exit_code == 0
     assert clean.stdout == ""
     entries = sorted((isolated / "c" / "entries").rglob("*.json"))
-    assert len(entries) == 42
+    assert len(entries) == 2 * 22  # 21 answers and 1 record per service
     entries[0].write_bytes(b"{}")
     entries[1].unlink()
     (entries[2].parent / f".{entries[2].name}.abc.tmp").write_bytes(b"partial")
@@ -148,7 +148,7 @@ def test_two_processes_share_a_cache(isolated: Path) -> None:
     cache = ResponseCache(isolated / "shared")
     assert cache.validate() == []
     rows = cache.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
-    assert rows == 12 * 21
+    assert rows == 12 * 22
     assert sqlite3.connect(isolated / "shared" / "manifest.sqlite3").execute(
         "PRAGMA integrity_check"
     ).fetchone() == ("ok",)

@@ -88,7 +88,7 @@ def test_reruns_are_byte_identical(cli: Cli, isolated: Path) -> None:
     assert warm.exit_code == 0
     assert (isolated / "a.jsonl").read_bytes() == (isolated / "b.jsonl").read_bytes()
     assert (isolated / "a.jsonl").read_bytes() == (isolated / "c.jsonl").read_bytes()
-    assert "252 cache hit(s), 0 request(s)" in warm.stderr
+    assert "records from cache: 12; model calls: 0 (0 cache hit(s), 0 request(s)" in warm.stderr
 
 
 def test_bad_lines_are_quarantined_and_the_run_goes_on(cli: Cli, isolated: Path) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from service_ambitions import __version__
-from service_ambitions.cli import preflight, run, validate
+from service_ambitions.cli import migrate, preflight, run, validate
 from service_ambitions.cli.cache import cache_app
 
 __all__ = ["app", "main"]
@@ -47,6 +47,7 @@ def _root(
 app.command("run")(run.run)
 app.command("validate")(validate.validate)
 app.command("preflight")(preflight.preflight)
+app.command("migrate")(migrate.migrate)
 app.add_typer(cache_app, name="cache")
 
 

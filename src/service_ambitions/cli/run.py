@@ -184,7 +184,8 @@ def _summary(context: RunContext, report: RunReport, *, quiet: bool) -> None:
         f"{report.input_invalid} invalid input line(s)",
         f"  quarantined: {report.quarantined} entr{'y' if report.quarantined == 1 else 'ies'}"
         + (f" ({report.unknown_ids} unknown id(s) dropped)" if report.unknown_ids else ""),
-        f"  model calls: {stats.calls} ({cache.hits} cache hit(s), {stats.model_requests} request(s), "
+        f"  records from cache: {report.from_cache}; "
+        f"model calls: {stats.calls} ({cache.hits - report.from_cache} cache hit(s), {stats.model_requests} request(s), "
         f"{stats.output_reasks} output re-ask(s)); tokens in {stats.input_tokens}, out {stats.output_tokens}",
         f"  wall time: {report.wall_seconds:.2f} s",
     ]

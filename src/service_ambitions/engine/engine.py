@@ -8,17 +8,22 @@ reorder buffer: memory stays O(concurrency) whatever the input size.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service_ambitions.content.render import service_json
 from service_ambitions.context import RunContext, settings_digest
+from service_ambitions.domain.inputs import ServiceInput
 from service_ambitions.domain.output import Header, ServiceEvolution
 from service_ambitions.engine.pipeline import ServicePipeline, ServiceResult
 from service_ambitions.engine.problems import Problem
 from service_ambitions.errors import PipelineError, QuarantineKind
+from service_ambitions.llm.providers import parse_model_id
+from service_ambitions.store.cache import cache_key
 from service_ambitions.store.inputs import BadLine, InputLine, file_digest, read_services
 from service_ambitions.store.quarantine import QuarantineStore, quarantine_dir_for
 from service_ambitions.store.resume import prepare_resume
@@ -27,6 +32,9 @@ from service_ambitions.store.writer import OutputWriter
 __all__ = ["ProcessingEngine", "RunReport", "run_id_for"]
 
 log = logging.getLogger("service_ambitions.engine")
+
+RECORD_FORMAT = 1
+"""Bumped whenever assembly changes what a record holds for the same answers."""
 
 
 @dataclass
@@ -45,6 +53,7 @@ class RunReport:
     failed_ids: list[str] = field(default_factory=list)
     resumed: int = 0
     skipped: int = 0
+    from_cache: int = 0
     repaired_bytes: int = 0
 
 
@@ -68,6 +77,44 @@ class ProcessingEngine:
         self.settings = context.settings
         self.pipeline = ServicePipeline(
             context.content, context.gateway, plateau_concurrency=self.settings.plateau_concurrency
+        )
+        self._record_basis = {
+            "kind": "record",
+            "record_format": RECORD_FORMAT,
+            "tool": context.tool_version,
+            "git": context.git_sha,
+            "settings": settings_digest(self.settings, context.content),
+            "models": {
+                stage: parse_model_id(model).cache_identity
+                for stage, model in self.settings.stage_models().items()
+            },
+        }
+
+    def _record_key(self, service: ServiceInput) -> str:
+        return cache_key({**self._record_basis, "service": service_json(service)})
+
+    def _cached_result(self, key: str) -> ServiceResult | None:
+        payload = self.context.cache.get(key)
+        if payload is None:
+            return None
+        try:
+            return ServiceResult(
+                record=ServiceEvolution.model_validate(payload["record"]),
+                problems=[Problem(**problem) for problem in payload["problems"]],
+                unknown_ids=int(payload["unknown_ids"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            self.context.cache.stats.corrupt += 1
+            return None
+
+    def _store_result(self, key: str, result: ServiceResult) -> None:
+        self.context.cache.put(
+            key,
+            {
+                "record": result.record.model_dump(mode="json"),
+                "problems": [dataclasses.asdict(problem) for problem in result.problems],
+                "unknown_ids": result.unknown_ids,
+            },
         )
 
     def header(self, input_digest: str, run_id: str) -> Header:
@@ -197,8 +244,14 @@ class ProcessingEngine:
         self, item: InputLine, quarantine: QuarantineStore, report: RunReport
     ) -> ServiceResult | None:
         service_id = item.service.service_id
+        key = self._record_key(item.service)
         try:
-            result = await self.pipeline.run(item.service)
+            result = self._cached_result(key)
+            if result is None:
+                result = await self.pipeline.run(item.service)
+                self._store_result(key, result)
+            else:
+                report.from_cache += 1
         except PipelineError as exc:
             report.services_failed += 1
             report.failed_ids.append(service_id)

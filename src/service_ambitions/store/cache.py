@@ -103,6 +103,10 @@ class ResponseCache:
         self.stats = CacheStats()
         self._db: sqlite3.Connection | None = None
         self._total_bytes = 0
+        # Last-access times of hits, written in batches: one transaction per hit would make the
+        # manifest, not the model, the bottleneck of a warm run.
+        self._touched: dict[str, float] = {}
+        self._last_flush = clock()
         if mode != "off":
             self._open()
 
@@ -117,10 +121,20 @@ class ResponseCache:
         self._total_bytes = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
 
     def close(self) -> None:
-        """Close the manifest."""
+        """Write pending access times and close the manifest."""
         if self._db is not None:
+            self.flush()
             self._db.close()
             self._db = None
+
+    def flush(self) -> None:
+        """Write the batched last-access times in one transaction."""
+        if self._db is not None and self._touched:
+            rows = [(accessed, key) for key, accessed in self._touched.items()]
+            self._touched.clear()
+            with self._db:
+                self._db.executemany("UPDATE entries SET accessed = ? WHERE key = ?", rows)
+        self._last_flush = self.clock()
 
     def path_for(self, key: str) -> Path:
         """Where the payload of ``key`` lives."""
@@ -161,7 +175,9 @@ class ResponseCache:
             self.stats.corrupt += 1
             self.stats.misses += 1
             return None
-        self.db.execute("UPDATE entries SET accessed = ? WHERE key = ?", (now, key))
+        self._touched[key] = now
+        if len(self._touched) >= 512 or now - self._last_flush > 1.0:
+            self.flush()
         self.stats.hits += 1
         return payload
 
@@ -173,7 +189,8 @@ class ResponseCache:
             exists = self.db.execute("SELECT 1 FROM entries WHERE key = ?", (key,)).fetchone()
             if exists:
                 return
-        data = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        # Key order is kept: records are written back byte for byte as they were produced.
+        data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         atomic_write_bytes(self.path_for(key), data, durable=False)
         now = self.clock()
         previous = self.db.execute("SELECT size FROM entries WHERE key = ?", (key,)).fetchone()
@@ -188,6 +205,7 @@ class ResponseCache:
 
     def evict_to(self, max_bytes: int) -> tuple[int, int]:
         """Remove least recently used entries until the cache holds at most ``max_bytes``."""
+        self.flush()
         removed = freed = 0
         self._total_bytes = int(self.db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
         if self._total_bytes <= max_bytes:
@@ -202,6 +220,7 @@ class ResponseCache:
         return removed, freed
 
     def _remove(self, key: str) -> None:
+        self._touched.pop(key, None)
         row = self.db.execute("SELECT size FROM entries WHERE key = ?", (key,)).fetchone()
         self.db.execute("DELETE FROM entries WHERE key = ?", (key,))
         if row:
@@ -255,6 +274,7 @@ class ResponseCache:
         ``everything`` removes every entry and every stray file. Corrupt entries, orphans and
         leftover temp files are always removed too (they can never be served).
         """
+        self.flush()
         rows = self.db.execute("SELECT key, size, accessed FROM entries ORDER BY accessed, key").fetchall()
         doomed: dict[str, int] = {}
         if everything:

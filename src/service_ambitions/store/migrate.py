@@ -171,9 +171,10 @@ def _lines(path: Path, digest: _Digest) -> Iterator[tuple[int, Any]]:
                 if not raw.strip():
                     continue
                 try:
-                    yield number, json.loads(raw)
+                    data = json.loads(raw)
                 except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                     raise InputError(f"{path}:{number}: invalid JSON: {exc}") from None
+                yield number, data
         except OSError as exc:
             raise InputError(f"cannot read input file {path}: {exc.strerror or exc}") from None
 
@@ -266,7 +267,8 @@ class _RoleV10(_Legacy):
     role_id: NonEmpty
     name: NonEmpty
     description: NonEmpty
-    features: list[_FeatureV10] | None = None
+    features: list[Any] | None = None
+    """Always the plateau's features of this role, so 1.1 rebuilds it from them (as assemble does)."""
 
 
 class _PlateauV10(_Legacy):
@@ -387,14 +389,17 @@ class _RecordConverter:
         """Roles by id: the record's own descriptions first, then the reference roles, then the input."""
         found: dict[str, Role] = {}
         for plateau in self.record.plateaus:
-            for role in plateau.roles or []:
-                found.setdefault(role.role_id, Role(**role.model_dump(exclude={"features"})))
+            for listed in plateau.roles or []:
+                found.setdefault(
+                    listed.role_id,
+                    Role(role_id=listed.role_id, name=listed.name, description=listed.description),
+                )
         for plateau in self.record.plateaus:
             for feature in plateau.features:
                 if feature.role is not None:
                     found.setdefault(feature.role.role_id, feature.role)
-        for role_id, role in reference.items():
-            found.setdefault(role_id, role)
+        for role_id, known in reference.items():
+            found.setdefault(role_id, known)
         for job in self.record.service.jobs_to_be_done:
             mentioned = (job.model_extra or {}).get("role")
             for item in mentioned if isinstance(mentioned, list) else [mentioned]:
@@ -433,9 +438,6 @@ class _RecordConverter:
             },
         )
 
-    def _features(self, features: list[_FeatureV10]) -> list[PlateauFeature]:
-        return [self._feature(item) for item in sorted(features, key=lambda item: item.feature_id)]
-
     def _groups(self, name: str, features: list[PlateauFeature]) -> list[MappingGroup]:
         refs: dict[str, list[FeatureRef]] = {}
         for feature in features:
@@ -453,20 +455,18 @@ class _RecordConverter:
         ]
 
     def _plateau(self, plateau: _PlateauV10) -> PlateauResult:
-        features = self._features(plateau.features)
-        listed = {role.role_id: role for role in plateau.roles or []}
-        roles = []
-        for role_id in self.role_ids:
-            role = self._role(role_id)
-            own = listed.get(role_id)
-            members = (
-                self._features(own.features)
-                if own is not None and own.features is not None
-                else [feature for feature in features if feature.customer_type == role_id]
+        features = [
+            self._feature(item) for item in sorted(plateau.features, key=lambda item: item.feature_id)
+        ]
+        roles = [
+            RoleFeatures(
+                role_id=role.role_id,
+                name=role.name,
+                description=role.description,
+                features=[feature for feature in features if feature.customer_type == role.role_id],
             )
-            roles.append(
-                RoleFeatures(role_id=role_id, name=role.name, description=role.description, features=members)
-            )
+            for role in map(self._role, self.role_ids)
+        ]
         groups: dict[str, list[MappingGroup]] = {}
         for name in self.fields:
             recorded = (plateau.mappings or {}).get(name)
