@@ -50,7 +50,6 @@ def validate(
     Findings go to stdout (one per line); exit 0 when clean, 5 when there is any finding.
 
     Example:
-
         service-ambitions cache validate --cache-dir ~/.cache/service-ambitions
     """
     cache = _open(config, cache_dir)
@@ -90,7 +89,6 @@ def purge(
     """Remove old or excess cache entries (corrupt entries and stray files are always removed).
 
     Examples:
-
         service-ambitions cache purge --older-than 30d
 
         service-ambitions cache purge --max-size 500MB --dry-run

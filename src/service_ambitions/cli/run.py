@@ -64,8 +64,8 @@ def run(
         bool,
         typer.Option(
             "--resume",
-            help="Continue the existing output: skip services already written or quarantined. Refused (exit 3) "
-            "when the input, output-affecting settings or schema changed.",
+            help="Continue the existing output: skip services already written or quarantined. "
+            "Refused (exit 3) when the input, output-affecting settings or schema changed.",
         ),
     ] = False,
     dry_run: Annotated[
@@ -185,7 +185,8 @@ def _summary(context: RunContext, report: RunReport, *, quiet: bool) -> None:
         f"  quarantined: {report.quarantined} entr{'y' if report.quarantined == 1 else 'ies'}"
         + (f" ({report.unknown_ids} unknown id(s) dropped)" if report.unknown_ids else ""),
         f"  records from cache: {report.from_cache}; "
-        f"model calls: {stats.calls} ({cache.hits - report.from_cache} cache hit(s), {stats.model_requests} request(s), "
+        f"model calls: {stats.calls} ({cache.hits - report.from_cache} cache hit(s), "
+        f"{stats.model_requests} request(s), "
         f"{stats.output_reasks} output re-ask(s)); tokens in {stats.input_tokens}, out {stats.output_tokens}",
         f"  wall time: {report.wall_seconds:.2f} s",
     ]

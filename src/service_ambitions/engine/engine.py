@@ -18,7 +18,7 @@ from pathlib import Path
 from service_ambitions.content.render import service_json
 from service_ambitions.context import RunContext, settings_digest
 from service_ambitions.domain.inputs import ServiceInput
-from service_ambitions.domain.output import Header, ServiceEvolution
+from service_ambitions.domain.output import Header
 from service_ambitions.engine.pipeline import ServicePipeline, ServiceResult
 from service_ambitions.engine.problems import Problem
 from service_ambitions.errors import PipelineError, QuarantineKind
@@ -98,8 +98,11 @@ class ProcessingEngine:
         if payload is None:
             return None
         try:
+            # The entry passed its SHA-256 check, so the line is byte for byte the validated record
+            # this run's settings produced before; it is written back without re-validation.
             return ServiceResult(
-                record=ServiceEvolution.model_validate(payload["record"]),
+                record=None,
+                line=str(payload["line"]).encode("utf-8"),
                 problems=[Problem(**problem) for problem in payload["problems"]],
                 unknown_ids=int(payload["unknown_ids"]),
             )
@@ -111,7 +114,7 @@ class ProcessingEngine:
         self.context.cache.put(
             key,
             {
-                "record": result.record.model_dump(mode="json"),
+                "line": result.line_bytes().decode("utf-8"),
                 "problems": [dataclasses.asdict(problem) for problem in result.problems],
                 "unknown_ids": result.unknown_ids,
             },
@@ -201,7 +204,7 @@ class ProcessingEngine:
                 del slots[next_to_write]
                 next_to_write += 1
                 if slot.result is not None:
-                    writer.write(slot.result.record)
+                    writer.write_line(slot.result.line_bytes())
                 capacity.release()
 
         async def one(index: int, item: InputLine) -> None:
@@ -314,7 +317,3 @@ class ProcessingEngine:
                 fatal.append(problem)
         return fatal
 
-
-def record_line(record: ServiceEvolution) -> str:
-    """The output line of a record (compact JSON, UTF-8)."""
-    return record.model_dump_json()

@@ -51,11 +51,20 @@ def strip_preamble(text: str) -> str:
 
 @dataclass
 class ServiceResult:
-    """A finished service: its record and the problems found on the way."""
+    """A finished service: its record (or its serialised line, from the cache) and its problems."""
 
-    record: ServiceEvolution
+    record: ServiceEvolution | None
     problems: list[Problem] = field(default_factory=list)
     unknown_ids: int = 0
+    line: bytes | None = None
+
+    def line_bytes(self) -> bytes:
+        """The output line of the record (compact JSON, UTF-8, no newline)."""
+        if self.line is None:
+            if self.record is None:
+                raise ValueError("a service result needs a record or a line")
+            self.line = self.record.model_dump_json().encode("utf-8")
+        return self.line
 
 
 @dataclass

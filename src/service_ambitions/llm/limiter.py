@@ -1,21 +1,21 @@
-"""Per-model RPM/TPM rate limiter: FIFO admission in front of short-window buckets and a 60 s ledger.
+"""Per-model RPM/TPM rate limiter: a FIFO queue in front of short-window buckets and a 60 s ledger.
 
-One :class:`RateLimiter` per provider model. Callers are admitted strictly in arrival order (the head of
-the queue blocks everyone behind it, so a large request is never starved by small ones). A caller is
-admitted when all of these allow it:
+One :class:`RateLimiter` per provider model. Callers are admitted strictly in arrival order: the head of
+the queue blocks everyone behind it, so small requests never overtake (and starve) a large one. The head
+is admitted when all of these allow it:
 
-* a leaky bucket per limit with capacity ``limit/60 · window`` (a short window keeps bursts small and
-  smooth, unlike ``aiolimiter.AsyncLimiter(n, 60)``, which starts full and passes ~2× n in a minute);
-* a ledger of the admissions of the last 60 s, so that no sliding minute goes over the limit, even
-  after a burst, a refund or a pause (the bucket alone would allow ``window/60`` over);
-* no :meth:`RateLimiter.pause` in force (a 429 with ``retry_after``).
+* a leaky bucket per limit holding ``window`` seconds of rate, empty at the start: bursts stay small
+  (``aiolimiter.AsyncLimiter(n, 60)`` starts full and passes up to 2n in its first minute);
+* a ledger of the last 60 s, so that no sliding minute goes over the limit, whatever the burst, the
+  refunds or the pauses (a bucket alone would let ``window/60`` more through);
+* no :meth:`RateLimiter.pause` in force (a 429's ``retry_after``).
 
-Tokens are estimated before the call and corrected afterwards with :meth:`Permit.settle`. A request
-larger than a bucket (or than the whole limit) waits until the bucket (or the ledger) is empty and then
-goes through, leaving a debt that holds back those behind it: never a deadlock.
+Tokens are estimated before the call and corrected with :meth:`Permit.settle` after it, the way
+providers meter them. A request larger than a bucket (or than the whole limit) goes once the bucket (or
+the minute) is empty and leaves a debt that holds back those behind it: slow, never a deadlock.
 
 Time comes from an injected :class:`Clock`: :class:`MonotonicClock` for real runs, :class:`VirtualClock`
-for tests and benchmarks (simulated minutes in milliseconds, no real sleeping).
+for tests and benchmarks (simulated minutes in milliseconds, nothing sleeps for real).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import selectors
 import time
 from collections import deque
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 __all__ = ["Clock", "MonotonicClock", "Permit", "RateLimiter", "VirtualClock"]
@@ -123,17 +122,13 @@ class _VirtualLoop(asyncio.SelectorEventLoop):
         return self._clock.now()
 
 
-@dataclass(slots=True)
-class _Entry:
-    """One admission, as the ledger and its permit see it."""
-
-    time: float
-    tokens: int
-    live: bool = True  # still inside the ledger's 60 s
-
-
 class _Bucket:
-    """Leaky bucket: ``level`` drains at ``rate`` per second; a request fits while level + amount ≤ capacity."""
+    """Leaky bucket: ``level`` drains at ``rate`` per second; a request fits while level + amount ≤ capacity.
+
+    A request larger than the capacity fits once the bucket is empty and leaves a debt (a level above
+    capacity) that holds back whoever comes next. A refund from :meth:`Permit.settle` is kept as credit
+    (a level below empty) of up to one capacity, rather than lost when the bucket is low.
+    """
 
     def __init__(self, per_minute: int, window: float, now: float) -> None:
         self.rate = per_minute / MINUTE
@@ -142,79 +137,105 @@ class _Bucket:
         self._last = now
 
     def _leak(self, now: float) -> None:
-        self.level = max(0.0, self.level - (now - self._last) * self.rate)
+        if self.level > 0:
+            self.level = max(0.0, self.level - (now - self._last) * self.rate)
         self._last = now
 
     def wait(self, amount: int, now: float) -> float:
         self._leak(now)
-        # An amount above capacity fits once the bucket is empty; its overflow is a debt paid by the queue.
         excess = self.level - max(0.0, self.capacity - amount)
         return excess / self.rate if excess > 0 else 0.0
 
-    def add(self, amount: int, now: float) -> None:
+    def charge(self, amount: int, now: float) -> None:
         self._leak(now)
-        # A refund cannot take the level below empty: unused past capacity is gone, not banked.
-        self.level = max(0.0, self.level + amount)
+        self.level += amount
+
+    def refund(self, amount: int, now: float) -> None:
+        self._leak(now)
+        self.level = max(self.level - amount, min(self.level, -self.capacity))
 
 
 class _Ledger:
-    """Admissions of the last minute, to keep every sliding 60 s window within the limits."""
+    """Charges of the last minute, so that no sliding 60 s window goes over the limits.
+
+    Tokens are counted the way providers meter them: the estimate when a call is sent, the correction
+    from :meth:`Permit.settle` when it is known. A refund lowers the sum only until it leaves the window,
+    and a window sum must stay within the limit then too: admission is checked against the highest sum
+    the window can reach as its entries expire (the running total minus the lowest cumulative total in
+    the window), kept in a monotonic deque.
+    """
 
     def __init__(self, rpm: int | None, tpm: int | None) -> None:
         self._rpm = rpm
         self._tpm = tpm
-        self._entries: deque[_Entry] = deque()
-        self._tokens = 0
+        self._sent: deque[float] = deque()  # admission times
+        self._charges: deque[tuple[float, int]] = deque()  # (time, cumulative tokens after it)
+        self._total = 0  # cumulative tokens ever charged
+        self._base = (-1, 0)  # (index, cumulative) just before the oldest charge in the window
+        self._count = 0  # charges ever recorded; index of the next one
+        self._lows: deque[tuple[int, int]] = deque([self._base])  # (index, cumulative), increasing
 
     def _expire(self, now: float) -> None:
-        entries = self._entries
-        while entries and entries[0].time + MINUTE <= now:
-            entry = entries.popleft()
-            entry.live = False
-            self._tokens -= entry.tokens
+        while self._sent and self._sent[0] + MINUTE <= now:
+            self._sent.popleft()
+        charges = self._charges
+        while charges and charges[0][0] + MINUTE <= now:
+            self._base = (self._base[0] + 1, charges.popleft()[1])
+            # The newest charge is never dropped here, so the deque never runs empty.
+            while self._lows[0][0] < self._base[0]:
+                self._lows.popleft()
 
     def wait(self, tokens: int, now: float) -> float:
         self._expire(now)
-        need_requests = len(self._entries) + 1 - self._rpm if self._rpm else 0
-        # A request above the whole limit needs an empty minute rather than an impossible one.
-        need_tokens = self._tokens + min(tokens, self._tpm) - self._tpm if self._tpm else 0
-        freed_requests = freed_tokens = 0
         wake = now
-        for entry in self._entries:
-            if freed_requests >= need_requests and freed_tokens >= need_tokens:
-                break
-            freed_requests += 1
-            freed_tokens += entry.tokens
-            wake = entry.time + MINUTE
+        if self._rpm and len(self._sent) >= self._rpm:
+            wake = self._sent[len(self._sent) - self._rpm] + MINUTE
+        if self._tpm:
+            # A request above the whole limit needs an empty minute rather than an impossible one.
+            lowest = self._total + min(tokens, self._tpm) - self._tpm
+            previous = None
+            for index, cumulative in self._lows:
+                if cumulative >= lowest:
+                    break
+                previous = index
+            if previous is not None:
+                # The low at `previous` leaves the window when the charge after it expires.
+                wake = max(wake, self._charges[previous - self._base[0]][0] + MINUTE)
         return wake - now
 
-    def add(self, entry: _Entry) -> None:
-        self._entries.append(entry)
-        self._tokens += entry.tokens
-
-    def adjust(self, entry: _Entry, delta: int) -> None:
-        if entry.live:
-            self._tokens += delta
+    def charge(self, now: float, tokens: int, *, sent: bool) -> None:
+        if sent:
+            self._sent.append(now)
+        if tokens == 0 or not self._tpm:
+            return
+        self._total += tokens
+        self._charges.append((now, self._total))
+        entry = (self._count, self._total)
+        self._count += 1
+        while self._lows and self._lows[-1][1] >= self._total:
+            self._lows.pop()
+        self._lows.append(entry)
 
 
 class Permit:
     """Proof of admission for one call; settle it with the tokens the call really used."""
 
-    __slots__ = ("_entry", "_limiter")
+    __slots__ = ("_admitted_at", "_limiter", "_tokens")
 
-    def __init__(self, limiter: RateLimiter, entry: _Entry) -> None:
+    def __init__(self, limiter: RateLimiter, admitted_at: float, tokens: int) -> None:
         self._limiter = limiter
-        self._entry = entry
+        self._admitted_at = admitted_at
+        self._tokens = tokens
 
     @property
     def admitted_at(self) -> float:
         """Clock time of admission."""
-        return self._entry.time
+        return self._admitted_at
 
     @property
     def tokens(self) -> int:
-        """Tokens currently charged: the estimate, or the last settled figure."""
-        return self._entry.tokens
+        """Tokens charged: the estimate, then the last settled figure."""
+        return self._tokens
 
     def settle(self, actual_tokens: int) -> None:
         """Replace the charge with real usage: refunds an over-estimate, charges an under-estimate.
@@ -224,7 +245,11 @@ class Permit:
         Raises:
             ValueError: If ``actual_tokens`` is negative.
         """
-        self._limiter._settle(self._entry, actual_tokens)
+        if actual_tokens < 0:
+            raise ValueError(f"actual_tokens must not be negative, got {actual_tokens}")
+        delta, self._tokens = actual_tokens - self._tokens, actual_tokens
+        if delta:
+            self._limiter._correct(delta)
 
 
 class RateLimiter:
@@ -244,7 +269,7 @@ class RateLimiter:
         tpm: int | None,
         *,
         clock: Clock | None = None,
-        window: float = 1.0,
+        window: float = 2.0,
     ) -> None:
         if (rpm is not None and rpm < 1) or (tpm is not None and tpm < 1):
             raise ValueError(f"rpm and tpm must be positive or None, got rpm={rpm}, tpm={tpm}")
@@ -257,8 +282,8 @@ class RateLimiter:
         self._requests = _Bucket(rpm, window, now) if rpm else None
         self._tokens = _Bucket(tpm, window, now) if tpm else None
         self._ledger = _Ledger(rpm, tpm)
-        # Waits are cut into naps of at most this, so that refunds from settle() are noticed promptly.
-        self._max_nap = max(window, 0.1)
+        # The head's current sleep, cut short by a refund (which may let the head in earlier).
+        self._sleeper: asyncio.Future[None] | None = None
         self._paused_until = now
         # asyncio.Lock hands over in acquisition order: it is the FIFO queue; its holder is the head.
         self._lock = asyncio.Lock()
@@ -288,7 +313,7 @@ class RateLimiter:
             async with self._lock:
                 now = self._clock.now()
                 while (delay := self._delay(tokens, now)) > 0:
-                    await self._clock.sleep(min(max(delay, _MIN_NAP), self._max_nap))
+                    await self._nap(max(delay, _MIN_NAP))
                     now = self._clock.now()
                 return self._admit(tokens, now)
         finally:
@@ -297,6 +322,16 @@ class RateLimiter:
     def pause(self, seconds: float) -> None:
         """Admit no one for ``seconds`` from now (a 429's ``retry_after``); never shortens a pause."""
         self._paused_until = max(self._paused_until, self._clock.now() + seconds)
+
+    async def _nap(self, seconds: float) -> None:
+        sleeper = self._sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
+        try:
+            # wait() returns when the sleep ends or is cancelled by a refund; it only raises when this
+            # task is cancelled, and then the sleep is cancelled too.
+            await asyncio.wait((sleeper,))
+        finally:
+            self._sleeper = None
+            sleeper.cancel()
 
     def _delay(self, tokens: int, now: float) -> float:
         delay = max(self._paused_until - now, self._ledger.wait(tokens, now))
@@ -307,19 +342,19 @@ class RateLimiter:
         return delay
 
     def _admit(self, tokens: int, now: float) -> Permit:
-        entry = _Entry(now, tokens)
-        self._ledger.add(entry)
+        self._ledger.charge(now, tokens, sent=True)
         if self._requests is not None:
-            self._requests.add(1, now)
+            self._requests.charge(1, now)
         if self._tokens is not None:
-            self._tokens.add(tokens, now)
-        return Permit(self, entry)
+            self._tokens.charge(tokens, now)
+        return Permit(self, now, tokens)
 
-    def _settle(self, entry: _Entry, actual_tokens: int) -> None:
-        if actual_tokens < 0:
-            raise ValueError(f"actual_tokens must not be negative, got {actual_tokens}")
-        delta = actual_tokens - entry.tokens
-        entry.tokens = actual_tokens
-        self._ledger.adjust(entry, delta)
-        if self._tokens is not None:
-            self._tokens.add(delta, self._clock.now())
+    def _correct(self, delta: int) -> None:
+        now = self._clock.now()
+        self._ledger.charge(now, delta, sent=False)
+        if self._tokens is not None and delta > 0:
+            self._tokens.charge(delta, now)
+        elif self._tokens is not None:
+            self._tokens.refund(-delta, now)
+        if delta < 0 and self._sleeper is not None:
+            self._sleeper.cancel()  # the head may fit now

@@ -34,7 +34,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
         data: The full content.
         durable: Also fsync the file and its directory (skip for content that is verified on read).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

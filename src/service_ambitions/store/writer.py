@@ -38,7 +38,11 @@ class OutputWriter:
 
     def write(self, record: ServiceEvolution) -> None:
         """Append one record and flush it."""
-        self._write_line(record.model_dump_json().encode("utf-8"))
+        self.write_line(record.model_dump_json().encode("utf-8"))
+
+    def write_line(self, line: bytes) -> None:
+        """Append one already serialised record (no newline) and flush it."""
+        self._write_line(line)
         self.records += 1
         self._unsynced += 1
         if self._unsynced >= self.sync_every:
