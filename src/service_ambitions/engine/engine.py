@@ -21,6 +21,7 @@ from service_ambitions.domain.inputs import ServiceInput
 from service_ambitions.domain.output import Header
 from service_ambitions.engine.pipeline import ServicePipeline, ServiceResult
 from service_ambitions.engine.problems import Problem
+from service_ambitions.engine.watchdog import Watchdog
 from service_ambitions.errors import PipelineError, QuarantineKind
 from service_ambitions.llm.providers import parse_model_id
 from service_ambitions.store.cache import cache_key
@@ -75,8 +76,13 @@ class ProcessingEngine:
     def __init__(self, context: RunContext) -> None:
         self.context = context
         self.settings = context.settings
+        self.watchdog = Watchdog(loop_budget=max(self.settings.stage_timeouts.model_dump().values()))
         self.pipeline = ServicePipeline(
-            context.content, context.gateway, plateau_concurrency=self.settings.plateau_concurrency
+            context.content,
+            context.gateway,
+            plateau_concurrency=self.settings.plateau_concurrency,
+            stage_timeouts=self.settings.stage_timeouts,
+            watchdog=self.watchdog,
         )
         self._record_basis = {
             "kind": "record",
@@ -176,9 +182,11 @@ class ProcessingEngine:
         else:
             quarantine.reset()
             writer.start(header)
+        self.watchdog.start(asyncio.get_running_loop())
         try:
             await self._process(input_path, writer, quarantine, report, max_services, skip)
         finally:
+            self.watchdog.stop()
             writer.close()
             report.quarantined = quarantine.count()
             report.wall_seconds = time.perf_counter() - started

@@ -9,7 +9,9 @@ placed by level.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,8 +38,10 @@ from service_ambitions.domain.responses import DescriptionsResponse, FeatureItem
 from service_ambitions.engine.assemble import assemble_plateau
 from service_ambitions.engine.mapping import merge_mapping
 from service_ambitions.engine.problems import Problem
-from service_ambitions.errors import ProcessingError, QuarantineKind
+from service_ambitions.engine.watchdog import Watchdog
+from service_ambitions.errors import ProcessingError, QuarantineKind, StageTimeout
 from service_ambitions.llm.gateway import Gateway
+from service_ambitions.settings import StageTimeouts
 
 __all__ = ["ServicePipeline", "ServiceResult", "strip_preamble"]
 
@@ -78,10 +82,38 @@ class _PlateauOutcome:
 class ServicePipeline:
     """Runs the stages of one service through the gateway."""
 
-    def __init__(self, content: Content, gateway: Gateway, *, plateau_concurrency: int) -> None:
+    def __init__(
+        self,
+        content: Content,
+        gateway: Gateway,
+        *,
+        plateau_concurrency: int,
+        stage_timeouts: StageTimeouts | None = None,
+        watchdog: Watchdog | None = None,
+    ) -> None:
         self.content = content
         self.gateway = gateway
         self.plateau_concurrency = plateau_concurrency
+        self.timeouts = stage_timeouts or StageTimeouts()
+        self.watchdog = watchdog or Watchdog()
+
+    @contextlib.asynccontextmanager
+    async def _stage(self, stage: str, service_id: str) -> AsyncIterator[None]:
+        """Run a stage under its time budget; expiry becomes a ``timeout`` quarantine."""
+        budget = float(getattr(self.timeouts, stage))
+        loop = asyncio.get_running_loop()
+        with self.watchdog.track(stage, service_id, budget) as token:
+            # Mark the cancellation when the deadline passes, so a stage that swallows it is reported.
+            marker = loop.call_later(budget, self.watchdog.cancelled, token)
+            try:
+                async with asyncio.timeout(budget):
+                    yield
+            except TimeoutError:
+                raise StageTimeout(
+                    f"the {stage} stage exceeded its {budget:g} s budget", service_id=service_id, stage=stage
+                ) from None
+            finally:
+                marker.cancel()
 
     async def run(self, service: ServiceInput) -> ServiceResult:
         """Produce the record of one service.
@@ -224,12 +256,13 @@ class ServicePipeline:
         prompt = render_template(
             self.content.templates["features"], features_values(plateau, description, self.content.roles)
         )
-        answer = await self.gateway.call(
-            stage="features",
-            service_id=service.service_id,
-            user_prompt=user_content(service, prompt),
-            output_type=self.content.features_model,
-        )
+        async with self._stage("features", service.service_id):
+            answer = await self.gateway.call(
+                stage="features",
+                service_id=service.service_id,
+                user_prompt=user_content(service, prompt),
+                output_type=self.content.features_model,
+            )
         by_role = answer.output.features  # type: ignore[attr-defined]
         features: list[PlateauFeature] = []
         problems: list[Problem] = []

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from service_ambitions.errors import ModelCallError, StageError, StageTimeout
+from service_ambitions.errors import ModelCallError, StageError
 from service_ambitions.llm.providers import parse_model_id, resolve_model
 from service_ambitions.store.cache import ResponseCache, cache_key
 
@@ -259,18 +259,9 @@ class Gateway:
         from pydantic_ai.exceptions import ModelAPIError, UnexpectedModelBehavior  # noqa: PLC0415
 
         model_id = self.settings.stage_model(stage)
-        budget = float(getattr(self.settings.stage_timeouts, stage))
         try:
-            async with self._semaphore, asyncio.timeout(budget):
+            async with self._semaphore:
                 output, response, usage = await self._structured(stage, service_id, user_prompt, output_type)
-        except TimeoutError:
-            self.stats.failures += 1
-            raise StageTimeout(
-                f"no answer within the {budget:g} s budget",
-                service_id=service_id,
-                stage=stage,
-                model_name=model_id,
-            ) from None
         except (ModelAPIError, UnexpectedModelBehavior) as exc:
             self.stats.failures += 1
             raise ModelCallError(

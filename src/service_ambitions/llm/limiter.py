@@ -204,7 +204,7 @@ class _Ledger:
         return wake - now
 
     def charge(self, now: float, tokens: int, *, sent: bool) -> None:
-        if sent:
+        if sent and self._rpm:
             self._sent.append(now)
         if tokens == 0 or not self._tpm:
             return
