@@ -105,15 +105,20 @@ class ServicePipeline:
         with self.watchdog.track(stage, service_id, budget) as token:
             # Mark the cancellation when the deadline passes, so a stage that swallows it is reported.
             marker = loop.call_later(budget, self.watchdog.cancelled, token)
+            expired = False
             try:
-                async with asyncio.timeout(budget):
+                async with asyncio.timeout(budget) as deadline:
                     yield
+                # A stage that swallowed its cancellation still overran: it is a timeout all the same.
+                expired = deadline.expired()
             except TimeoutError:
-                raise StageTimeout(
-                    f"the {stage} stage exceeded its {budget:g} s budget", service_id=service_id, stage=stage
-                ) from None
+                expired = True
             finally:
                 marker.cancel()
+            if expired:
+                raise StageTimeout(
+                    f"the {stage} stage exceeded its {budget:g} s budget", service_id=service_id, stage=stage
+                )
 
     async def run(self, service: ServiceInput) -> ServiceResult:
         """Produce the record of one service.

@@ -130,7 +130,8 @@ class Watchdog:
                     "loop_blocked",
                     "",
                     "",
-                    f"the event loop has not run for {now - self._beat:.1f} s (budget {self.loop_budget:g} s)",
+                    f"the event loop has not run for {now - self._beat:.1f} s "
+                    f"(budget {self.loop_budget:g} s)",
                     _thread_stack(self._loop_thread),
                 )
             )
@@ -174,10 +175,20 @@ class Watchdog:
 
 
 def _task_stack(task: asyncio.Task[object] | None) -> str:
+    """The await chain of a task, outermost first (``Task.get_stack`` shows only one frame)."""
     if task is None:
         return ""
-    frames = task.get_stack(limit=20)
-    return "".join(traceback.format_list(traceback.extract_stack(frames[-1]))) if frames else ""
+    lines = []
+    awaitable: object = task.get_coro()
+    for _ in range(64):
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+        if frame is not None:
+            code = frame.f_code
+            lines.append(f'  File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}\n')
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
+        if awaitable is None:
+            break
+    return "".join(lines)
 
 
 def _thread_stack(thread_id: int | None) -> str:
