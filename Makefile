@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := $(UV) run --frozen
 OUT ?= out
 
-.PHONY: help uv install sample test lint format typecheck bench check clean
+.PHONY: help uv install sample test lint format typecheck bench check clean sbom licenses dist provenance audit
 
 help:  ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,22 @@ typecheck: install  ## mypy --strict over src, tests and scripts
 
 bench: install  ## Benchmark: services/s, calls/s, CPU ms per call, peak RSS (offline model)
 	$(RUN) python scripts/bench.py
+
+sbom: install  ## CycloneDX 1.6 SBOM of the runtime-only environment -> dist/sbom.cdx.json
+	$(RUN) python scripts/supply_chain/sbom.py --output dist/sbom.cdx.json
+
+licenses: install  ## Check runtime dependency licences against config/licenses-allow.txt
+	$(RUN) python scripts/supply_chain/licenses.py
+
+dist: install  ## Reproducible sdist + wheel of HEAD (SOURCE_DATE_EPOCH = last commit), built twice and compared
+	$(RUN) python scripts/supply_chain/dist.py --out-dir dist
+
+provenance: dist  ## SLSA v1 provenance for dist/ -> dist/provenance.intoto.json, then verify it
+	$(RUN) python scripts/provenance.py generate --dist-dir dist
+	$(RUN) python scripts/provenance.py verify --dist-dir dist
+
+audit: install  ## pip-audit the locked runtime requirements (0 clean, 1 vulnerable, 2 error, 3 unavailable, 4 incomplete)
+	$(RUN) python scripts/supply_chain/audit.py
 
 check: lint typecheck test  ## What CI runs
 

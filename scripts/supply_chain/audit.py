@@ -77,6 +77,10 @@ class Classification:
     details: list[str] = field(default_factory=list)
 
 
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
 def classify(returncode: int, stderr: str, report: str | None) -> Classification:
     """Classify one pip-audit run from its exit status, stderr and JSON report (``None``: none written)."""
     try:
@@ -109,7 +113,8 @@ def classify(returncode: int, stderr: str, report: str | None) -> Classification
         count = sum(len(dep["vulns"]) for dep in vulnerable)
         return Classification(
             Outcome.VULNERABLE,
-            f"vulnerable: {count} known vulnerabilities in {len(vulnerable)} packages",
+            f"vulnerable: {_plural(count, 'known vulnerability', 'known vulnerabilities')}"
+            f" in {_plural(len(vulnerable), 'package', 'packages')}",
             details,
         )
     if audited == 0:
