@@ -5,10 +5,24 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
+from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, ToolCallPart, UserPromptPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
 
+from service_ambitions.context import build_context
+from service_ambitions.domain.inputs import ServiceInput
+from service_ambitions.engine.pipeline import ServicePipeline
+from service_ambitions.llm.gateway import Gateway
 from service_ambitions.llm.limiter import MonotonicClock, RateLimiter, VirtualClock
+from service_ambitions.llm.offline import OfflineModel
+from service_ambitions.settings import load_settings
+from service_ambitions.store.cache import ResponseCache
+from tests.conftest import service
+from tests.test_pipeline import run_engine
 
 MINUTE = 60.0
 
@@ -319,3 +333,114 @@ async def test_monotonic_clock_is_the_default() -> None:
     before = MonotonicClock().now()
     permit = await limiter.acquire(10)
     assert before <= permit.admitted_at <= MonotonicClock().now()
+
+
+# --- the gateway and the engine ----------------------------------------------------------------
+
+
+class Echo(BaseModel):
+    value: int
+
+
+def user_text(messages: list[ModelMessage]) -> str:
+    parts = [part for message in messages if isinstance(message, ModelRequest) for part in message.parts]
+    texts = [part.content for part in parts if isinstance(part, UserPromptPart)]
+    return "".join(text for text in texts if isinstance(text, str))
+
+
+async def test_concurrency_cap(tmp_path: Path) -> None:
+    active = 0
+    peak: dict[str, int] = {"all": 0}
+    release = asyncio.Event()
+
+    async def held(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        nonlocal active
+        active += 1
+        peak["all"] = max(peak["all"], active)
+        await release.wait()
+        active -= 1
+        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, {"value": 1})], model_name="held")
+
+    settings = load_settings(
+        None,
+        {
+            "model": "test:held",
+            "llm_concurrency": 3,
+            "cache_mode": "off",
+            "models_rate_limits": {"test:held": {"concurrency": 2}},
+        },
+    )
+    gateway = Gateway(
+        settings,
+        system_prompt="S",
+        cache=ResponseCache(tmp_path / "c", mode="off"),
+        models={"test:held": FunctionModel(held, model_name="held")},
+    )
+    calls = [
+        asyncio.create_task(
+            gateway.call(stage="features", service_id=f"S{i}", user_prompt=str(i), output_type=Echo)
+        )
+        for i in range(10)
+    ]
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert gateway.in_flight == 2  # the per-model cap (2) is tighter than the global one (3)
+    assert gateway.waiting == 8
+    release.set()
+    await asyncio.gather(*calls)
+    assert peak["all"] == 2
+    assert gateway.in_flight == 0
+    assert gateway.waiting == 0
+
+
+async def test_pipelined_plateaus_overlap(isolated: Path) -> None:
+    """With plateau_concurrency=2 the features call of plateau N+1 starts before plateau N is mapped."""
+    events: list[tuple[str, str]] = []
+    offline = OfflineModel()
+
+    async def timed(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        text = user_text(messages)
+        plateau = next((line.split()[1] for line in text.splitlines() if line.startswith("PLATEAU: ")), "0")
+        stage = (
+            "mapping" if "\nCATALOGUE: " in text else "features" if "\nROLES: " in text else "descriptions"
+        )
+        events.append(("start", f"{stage}{plateau}"))
+        await asyncio.sleep(0.01 if stage == "mapping" else 0.002)
+        events.append(("end", f"{stage}{plateau}"))
+        response: ModelResponse = await offline.function(messages, info)  # type: ignore[misc]
+        return response
+
+    settings = load_settings(None, {"model": "test:timed", "cache_mode": "off"})
+    context = build_context(settings, models={"test:timed": FunctionModel(timed, model_name="timed")})
+    try:
+        pipeline = ServicePipeline(context.content, context.gateway, plateau_concurrency=2)
+        await pipeline.run(ServiceInput.model_validate(service("A")))
+    finally:
+        context.close()
+    order = [f"{kind}:{name}" for kind, name in events]
+    last_mapping_1 = max(i for i, item in enumerate(order) if item == "end:mapping1")
+    assert order.index("start:features2") < last_mapping_1
+    # and never more than two plateaus in flight: features 3 waits for plateau 1's mappings
+    assert order.index("start:features3") > last_mapping_1
+
+
+def reversed_roles(stage: str, service_id: str, answer: dict[str, Any]) -> dict[str, Any]:
+    return answer
+
+
+async def test_queue_parity_with_sequential(isolated: Path) -> None:
+    records = [service(f"S{i}", name=f"Service {i}") for i in range(6)]
+    runs = []
+    for index, options in enumerate(
+        [
+            {"concurrency": 1, "plateau_concurrency": 1, "llm_concurrency": 1},
+            {"concurrency": 6, "plateau_concurrency": 3, "llm_concurrency": 64},
+            {"concurrency": 3, "plateau_concurrency": 2, "llm_concurrency": 5},
+        ]
+    ):
+        work = isolated / f"run{index}"
+        work.mkdir()
+        _, lines, _ = await run_engine(work, records, reversed_roles, **options)
+        runs.append(lines)
+    assert runs[0] == runs[1] == runs[2]
+    assert [line["service"]["service_id"] for line in runs[0]] == [f"S{i}" for i in range(6)]

@@ -324,4 +324,3 @@ class ProcessingEngine:
             if self.settings.strict:
                 fatal.append(problem)
         return fatal
-

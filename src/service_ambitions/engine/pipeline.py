@@ -72,6 +72,15 @@ class ServiceResult:
 
 
 @dataclass
+class _FeaturesDone:
+    plateau: Plateau
+    description: str
+    features: list[PlateauFeature]
+    model: str
+    problems: list[Problem]
+
+
+@dataclass
 class _PlateauOutcome:
     result: PlateauResult
     provenance: PlateauProvenance
@@ -127,17 +136,38 @@ class ServicePipeline:
             PipelineError: A stage failed; the caller quarantines the service.
         """
         descriptions, descriptions_model = await self._descriptions(service)
-        semaphore = asyncio.Semaphore(self.plateau_concurrency)
         outcomes: dict[int, _PlateauOutcome] = {}
+        # Features of plateau N+1 are written while plateau N is being mapped: a producer runs the
+        # features calls in level order and hands each plateau to mapping consumers through a
+        # bounded queue. A slot is held from a plateau's features call until its mappings finish,
+        # so at most ``plateau_concurrency`` plateaus are in flight.
+        slots = asyncio.Semaphore(self.plateau_concurrency)
+        handoff: asyncio.Queue[_FeaturesDone | None] = asyncio.Queue(maxsize=self.plateau_concurrency)
 
-        async def plateau_task(plateau: Plateau) -> None:
-            async with semaphore:
-                outcomes[plateau.level] = await self._plateau(service, plateau, descriptions[plateau.level])
+        async def produce() -> None:
+            for plateau in self.content.plateaus:
+                await slots.acquire()
+                try:
+                    done = await self._features(service, plateau, descriptions[plateau.level])
+                except BaseException:
+                    slots.release()
+                    raise
+                await handoff.put(done)
+            for _ in range(self.plateau_concurrency):
+                await handoff.put(None)
+
+        async def consume() -> None:
+            while (done := await handoff.get()) is not None:
+                try:
+                    outcomes[done.plateau.level] = await self._map_plateau(service, done)
+                finally:
+                    slots.release()
 
         try:
             async with asyncio.TaskGroup() as group:
-                for plateau in self.content.plateaus:
-                    group.create_task(plateau_task(plateau))
+                group.create_task(produce())
+                for _ in range(self.plateau_concurrency):
+                    group.create_task(consume())
         except* Exception as failures:
             raise failures.exceptions[0] from None
 
@@ -198,8 +228,14 @@ class ServicePipeline:
             )
         return descriptions, answer.model
 
-    async def _plateau(self, service: ServiceInput, plateau: Plateau, description: str) -> _PlateauOutcome:
-        features, features_model, problems = await self._features(service, plateau, description)
+    async def _map_plateau(self, service: ServiceInput, done: _FeaturesDone) -> _PlateauOutcome:
+        plateau, description, features, problems = (
+            done.plateau,
+            done.description,
+            done.features,
+            done.problems,
+        )
+        features_model = done.model
         listing = [
             {"id": item.feature_id, "name": item.name, "description": item.description} for item in features
         ]
@@ -255,9 +291,7 @@ class ServicePipeline:
         provenance = PlateauProvenance(plateau=plateau.level, features=features_model, mapping=mapping_models)
         return _PlateauOutcome(result, provenance, problems, unknown_ids)
 
-    async def _features(
-        self, service: ServiceInput, plateau: Plateau, description: str
-    ) -> tuple[list[PlateauFeature], str, list[Problem]]:
+    async def _features(self, service: ServiceInput, plateau: Plateau, description: str) -> _FeaturesDone:
         prompt = render_template(
             self.content.templates["features"], features_values(plateau, description, self.content.roles)
         )
@@ -305,4 +339,4 @@ class ServicePipeline:
                     continue
                 seen[identifier] = feature
                 features.append(feature)
-        return features, answer.model, problems
+        return _FeaturesDone(plateau, description, features, answer.model, problems)

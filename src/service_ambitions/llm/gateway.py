@@ -8,17 +8,24 @@ Foreign exceptions are translated here, once, into :mod:`service_ambitions.error
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import itertools
 import json
+import logging
 import re
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
+import logfire
 from pydantic import BaseModel, ValidationError
 
 from service_ambitions.errors import ModelCallError, StageError
+from service_ambitions.llm.limiter import Clock, MonotonicClock, Permit, RateLimiter
 from service_ambitions.llm.providers import parse_model_id, resolve_model
+from service_ambitions.observability.metrics import RunMetrics
 from service_ambitions.store.cache import ResponseCache, cache_key
 
 if TYPE_CHECKING:
@@ -29,6 +36,8 @@ if TYPE_CHECKING:
     from service_ambitions.settings import Settings
 
 __all__ = ["CallResult", "Gateway", "GatewayStats"]
+
+log = logging.getLogger("service_ambitions.gateway")
 
 OutputT = TypeVar("OutputT", bound=BaseModel)
 OUTPUT_TOOL = "final_result"
@@ -91,6 +100,8 @@ class Gateway:
         cache: ResponseCache,
         models: Mapping[str, Model] | None = None,
         model_factory: Callable[[str, Settings], Any] = resolve_model,
+        metrics: RunMetrics | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """Create the gateway.
 
@@ -100,6 +111,8 @@ class Gateway:
             cache: The response cache.
             models: Ready-made models by id, used before ``model_factory`` (tests inject fakes here).
             model_factory: Builds a model from its id.
+            metrics: The run's metric instruments.
+            clock: Clock of the rate limiters (tests inject a virtual one).
         """
         self.settings = settings
         self.system_prompt = system_prompt
@@ -112,6 +125,18 @@ class Gateway:
         self._request_parameters: dict[type[BaseModel], ModelRequestParameters] = {}
         self._schema_digests: dict[type[BaseModel], str] = {}
         self._semaphore = asyncio.Semaphore(settings.llm_concurrency)
+        self.metrics = metrics or RunMetrics()
+        self.clock: Clock = clock or MonotonicClock()
+        self._limiters: dict[str, RateLimiter] = {}
+        self._model_caps: dict[str, asyncio.Semaphore] = {}
+        for model_id, limit in settings.models_rate_limits.items():
+            if limit.rpm or limit.tpm:
+                self._limiters[model_id] = RateLimiter(limit.rpm, limit.tpm, clock=self.clock)
+            if limit.concurrency:
+                self._model_caps[model_id] = asyncio.Semaphore(limit.concurrency)
+        self._sequence = itertools.count(1)
+        self.waiting = 0
+        self.in_flight = 0
 
     # models -----------------------------------------------------------------------------------
     def _model(self, model_id: str) -> Model:
@@ -253,6 +278,54 @@ class Gateway:
         )
         return result
 
+    @contextlib.asynccontextmanager
+    async def admitted(
+        self, *, stage: str, service_id: str, model_id: str, estimate: int
+    ) -> AsyncIterator[tuple[str, Permit | None]]:
+        """Wait for admission: FIFO rate limits, then the global and per-model concurrency caps.
+
+        Yields the request id and the rate-limit permit (settle it with the real usage).
+        """
+        request_id = f"{service_id}:{stage}:{next(self._sequence)}"
+        attributes = {"stage": stage, "model_name": model_id}
+        with logfire.span(
+            "sa_llm_queue.submit",
+            stage=stage,
+            model_name=model_id,
+            service_id=service_id,
+            request_id=request_id,
+        ):
+            self.metrics.add(self.metrics.queue_submitted, 1, attributes)
+            self.metrics.add(self.metrics.queue_depth, 1, attributes)
+            self.waiting += 1
+            submitted = self.clock.now()
+            waiting = True
+            try:
+                limiter = self._limiters.get(model_id)
+                permit = await limiter.acquire(estimate) if limiter is not None else None
+                cap = self._model_caps.get(model_id) or contextlib.nullcontext()
+                async with self._semaphore, cap:
+                    waiting = False
+                    self.waiting -= 1
+                    self.metrics.add(self.metrics.queue_depth, -1, attributes)
+                    self.metrics.record(self.metrics.queue_wait, self.clock.now() - submitted, attributes)
+                    self.metrics.add(self.metrics.queue_inflight, 1, attributes)
+                    self.in_flight += 1
+                    try:
+                        yield request_id, permit
+                    finally:
+                        self.in_flight -= 1
+                        self.metrics.add(self.metrics.queue_inflight, -1, attributes)
+                        self.metrics.add(self.metrics.queue_completed, 1, attributes)
+            finally:
+                if waiting:
+                    self.waiting -= 1
+                    self.metrics.add(self.metrics.queue_depth, -1, attributes)
+
+    def estimate_tokens(self, user_prompt: str) -> int:
+        """Tokens a request may use, before sending it: prompt characters / 4 plus the output allowance."""
+        return (len(self.system_prompt) + len(user_prompt)) // 4 + (self.settings.max_tokens or 2048)
+
     async def _call_model(
         self, stage: str, service_id: str, user_prompt: str, output_type: type[OutputT]
     ) -> CallResult[OutputT]:
@@ -260,10 +333,13 @@ class Gateway:
 
         model_id = self.settings.stage_model(stage)
         try:
-            async with self._semaphore:
-                output, response, usage = await self._structured(stage, service_id, user_prompt, output_type)
+            output, response, usage = await self._structured(stage, service_id, user_prompt, output_type)
         except (ModelAPIError, UnexpectedModelBehavior) as exc:
             self.stats.failures += 1
+            retry_after = getattr(exc, "retry_after", None)
+            limiter = self._limiters.get(model_id)
+            if limiter is not None and retry_after:
+                limiter.pause(float(retry_after))
             raise ModelCallError(
                 f"model call failed: {type(exc).__name__}: {exc}",
                 service_id=service_id,
@@ -310,10 +386,35 @@ class Gateway:
         tokens_in = tokens_out = 0
         attempts = self.settings.output_retries + 1
         attempt = 0
+        model_id = self.settings.stage_model(stage)
+        estimate = self.estimate_tokens(user_prompt)
         while True:
             attempt += 1
-            response = await model_request(
-                model, messages, model_settings=settings, model_request_parameters=parameters
+            async with self.admitted(
+                stage=stage, service_id=service_id, model_id=model_id, estimate=estimate
+            ) as (request_id, permit):
+                started = time.perf_counter()
+                outcome = "error"
+                try:
+                    response = await model_request(
+                        model, messages, model_settings=settings, model_request_parameters=parameters
+                    )
+                    outcome = "ok"
+                finally:
+                    self.metrics.record(
+                        self.metrics.request_duration,
+                        time.perf_counter() - started,
+                        {"stage": stage, "model_name": model_id, "outcome": outcome},
+                    )
+                    if permit is not None:
+                        usage = response.usage if outcome == "ok" else None
+                        permit.settle(usage.input_tokens + usage.output_tokens if usage else 0)
+            log.debug(
+                "model call %s answered by %s (provider response %s)",
+                request_id,
+                response.model_name,
+                response.provider_response_id,
+                extra={"request_id": request_id, "service_id": service_id, "stage": stage},
             )
             self.stats.model_requests += 1
             tokens_in += response.usage.input_tokens

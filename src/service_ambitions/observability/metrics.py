@@ -1,0 +1,89 @@
+"""Metric instruments of a run (OpenTelemetry through logfire; ``sa_*`` names).
+
+Instruments are created once per run and handed down; with logfire unconfigured they cost next to
+nothing. Telemetry never breaks a run: every recording goes through :meth:`RunMetrics.safely`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import logfire
+
+__all__ = ["METRIC_NAMES", "RunMetrics"]
+
+log = logging.getLogger("service_ambitions.metrics")
+
+METRIC_NAMES = (
+    "sa_llm_queue_depth",
+    "sa_llm_queue_inflight",
+    "sa_llm_queue_submitted_total",
+    "sa_llm_queue_completed_total",
+    "sa_llm_queue_wait_seconds",
+    "sa_llm_request_duration_seconds",
+    "sa_llm_tokens_total",
+    "sa_llm_cost_usd_total",
+    "sa_cache_requests_total",
+    "sa_engine_services_total",
+    "sa_mapping_unknown_ids_total",
+)
+
+
+class RunMetrics:
+    """The instruments named in ``METRIC_NAMES``."""
+
+    def __init__(self, instance: logfire.Logfire | None = None) -> None:
+        lf = instance or logfire.DEFAULT_LOGFIRE_INSTANCE
+        self.logfire = lf
+        self.queue_depth = lf.metric_up_down_counter(
+            "sa_llm_queue_depth", unit="1", description="Model calls waiting for admission."
+        )
+        self.queue_inflight = lf.metric_up_down_counter(
+            "sa_llm_queue_inflight", unit="1", description="Model calls in flight (admitted, not finished)."
+        )
+        self.queue_submitted = lf.metric_counter(
+            "sa_llm_queue_submitted_total", unit="1", description="Model calls submitted to the gateway."
+        )
+        self.queue_completed = lf.metric_counter(
+            "sa_llm_queue_completed_total", unit="1", description="Model calls finished (any outcome)."
+        )
+        self.queue_wait = lf.metric_histogram(
+            "sa_llm_queue_wait_seconds", unit="s", description="Time from submission to admission."
+        )
+        self.request_duration = lf.metric_histogram(
+            "sa_llm_request_duration_seconds", unit="s", description="Model request latency."
+        )
+        self.tokens = lf.metric_counter("sa_llm_tokens_total", unit="1", description="Tokens used.")
+        self.cost = lf.metric_counter("sa_llm_cost_usd_total", unit="USD", description="Priced cost.")
+        self.cache_requests = lf.metric_counter(
+            "sa_cache_requests_total", unit="1", description="Cache lookups by result (hit, miss, corrupt)."
+        )
+        self.services = lf.metric_counter(
+            "sa_engine_services_total", unit="1", description="Services finished, by outcome."
+        )
+        self.unknown_ids = lf.metric_counter(
+            "sa_mapping_unknown_ids_total",
+            unit="1",
+            description="Mapping contributions naming unknown items.",
+        )
+
+    @contextlib.contextmanager
+    def safely(self) -> Iterator[None]:
+        """Swallow and log telemetry failures: metrics must never fail a run."""
+        try:
+            yield
+        except Exception:  # telemetry backends raise anything; the run goes on
+            log.debug("telemetry failure ignored", exc_info=True)
+
+    def add(self, instrument: Any, amount: float, attributes: Mapping[str, str] | None = None) -> None:
+        """Add to a counter safely."""
+        with self.safely():
+            instrument.add(amount, attributes=dict(attributes or {}))
+
+    def record(self, instrument: Any, value: float, attributes: Mapping[str, str] | None = None) -> None:
+        """Record a histogram value safely."""
+        with self.safely():
+            instrument.record(value, attributes=dict(attributes or {}))
