@@ -431,13 +431,12 @@ def reversed_roles(stage: str, service_id: str, answer: dict[str, Any]) -> dict[
 async def test_queue_parity_with_sequential(isolated: Path) -> None:
     records = [service(f"S{i}", name=f"Service {i}") for i in range(6)]
     runs = []
-    for index, options in enumerate(
-        [
-            {"concurrency": 1, "plateau_concurrency": 1, "llm_concurrency": 1},
-            {"concurrency": 6, "plateau_concurrency": 3, "llm_concurrency": 64},
-            {"concurrency": 3, "plateau_concurrency": 2, "llm_concurrency": 5},
-        ]
-    ):
+    settings: list[dict[str, Any]] = [
+        {"concurrency": 1, "plateau_concurrency": 1, "llm_concurrency": 1},
+        {"concurrency": 6, "plateau_concurrency": 3, "llm_concurrency": 64},
+        {"concurrency": 3, "plateau_concurrency": 2, "llm_concurrency": 5},
+    ]
+    for index, options in enumerate(settings):
         work = isolated / f"run{index}"
         work.mkdir()
         _, lines, _ = await run_engine(work, records, reversed_roles, **options)
