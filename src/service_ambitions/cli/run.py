@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -133,15 +135,49 @@ def run(
             _plan(context, settings, max_services)
             return
         engine = ProcessingEngine(context)
-        report = asyncio.run(
-            engine.run(settings.input_file, settings.output_file, max_services=max_services, resume=resume)
-        )
+        interrupted = asyncio.run(_run_until_signal(engine, settings, max_services, resume=resume))
+        report = engine.report
+        if report is None:  # interrupted before the run started: nothing was written
+            raise typer.Exit(int(ExitCode.INTERRUPTED))
         _summary(context, report, quiet=quiet)
     finally:
         context.close()
+    if interrupted:
+        err("interrupted: every finished record was written; run again with --resume to continue")
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
     code = _exit_code(settings, report)
     if code != ExitCode.OK:
         raise typer.Exit(int(code))
+
+
+async def _run_until_signal(
+    engine: ProcessingEngine, settings: Settings, max_services: int | None, *, resume: bool
+) -> bool:
+    """Run the engine; SIGINT/SIGTERM stop admission and cancel in-flight work. True when interrupted."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if not received and main is not None:
+            main.cancel()
+        received.append(signum)
+
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not main thread / Windows
+            loop.add_signal_handler(signum, on_signal, signum)
+            installed.append(signum)
+    try:
+        await engine.run(settings.input_file, settings.output_file, max_services=max_services, resume=resume)
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        return True
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+    return False
 
 
 def _exit_code(settings: Settings, report: RunReport) -> ExitCode:

@@ -55,6 +55,7 @@ class RunReport:
     resumed: int = 0
     skipped: int = 0
     from_cache: int = 0
+    interrupted: bool = False
     repaired_bytes: int = 0
 
 
@@ -75,6 +76,7 @@ class ProcessingEngine:
 
     def __init__(self, context: RunContext) -> None:
         self.context = context
+        self.report: RunReport | None = None
         self.settings = context.settings
         self.watchdog = Watchdog(loop_budget=max(self.settings.stage_timeouts.model_dump().values()))
         self.pipeline = ServicePipeline(
@@ -183,8 +185,14 @@ class ProcessingEngine:
             quarantine.reset()
             writer.start(header)
         self.watchdog.start(asyncio.get_running_loop())
+        self.report = report
         try:
             await self._process(input_path, writer, quarantine, report, max_services, skip)
+        except asyncio.CancelledError:
+            # Interrupted: cancelled services were not written (a resume redoes them, from the cache
+            # where their calls finished); every finished record was written before we got here.
+            report.interrupted = True
+            raise
         finally:
             self.watchdog.stop()
             writer.close()
@@ -294,6 +302,7 @@ class ProcessingEngine:
             )
             return None
         report.services_ok += 1
+        log.info("service %s finished", service_id, extra={"service_id": service_id})
         return result
 
     def _record_problems(

@@ -43,12 +43,15 @@ _SENSITIVE_WORD = (
     r"(?:api[_-]?key|secret|passw(?:or)?d|passphrase|private[_-]?key"
     r"|token(?!s|iz|[_-]?(?:count|limit|usage|budget|estimate|type)))"
 )
-_SECRET_NAME = re.compile(_SENSITIVE_WORD, re.IGNORECASE)
+# Field names whose whole value is a credential (redact_obj, log record extras).
+_SECRET_NAME = re.compile(_SENSITIVE_WORD + r"|authorization|cookie", re.IGNORECASE)
 
 _B = r"(?<![A-Za-z0-9_-])"  # not inside a longer token
 _NOT_MASKED = r"(?!\[REDACTED)"  # keeps redact() idempotent
+# After "name:" (not "name=") a lone plain word is prose ("password: see below"), not a value.
+_NOT_A_WORD = r"(?![A-Za-z][a-z]*+(?:$|[\s,;&'\"`<>(){}\[\]\\.!?]))"
 
-# (kind, pattern). Named groups whose name starts with "s" mark the hidden part; without them the
+# (kind, pattern). Named groups "s", "s1", "s2"... mark the hidden part; without them the
 # whole match is hidden. Order matters only between rules matching at the same position.
 _ANYWHERE_RULES: tuple[tuple[str, str], ...] = (
     (
@@ -62,8 +65,8 @@ _TOKEN_RULES: tuple[tuple[str, str], ...] = (
     (
         "authorization",
         r"(?i:(?:proxy-)?authorization)\\?[\"']?[ \t]*[:=][ \t]*\\?[\"']?"
-        r"(?:(?i:bearer|basic|token|bot|digest|apikey|negotiate)[ \t]+)?+"
-        r"(?P<s>" + _NOT_MASKED + r"[^\s\"'\\,;]+)",
+        r"(?:(?P<scheme>(?i:bearer|basic|token|bot|digest|apikey|negotiate))[ \t]+)?+"
+        r"(?P<s>" + _NOT_MASKED + r"(?(scheme)|" + _NOT_A_WORD + r")[^\s\"'\\,;]+)",
     ),
     (
         # "svn+ssh://" starts at "ssh": the scheme prefix is not secret and stays.
@@ -74,11 +77,12 @@ _TOKEN_RULES: tuple[tuple[str, str], ...] = (
         "secret_field",
         # Cheap check first (is the word followed by ":" or "="?), then look for the secret word in it.
         r"(?=[A-Za-z0-9_-]++\\?[\"']?[ \t]*[:=])(?=[A-Za-z0-9_-]*?(?i:" + _SENSITIVE_WORD + r"))"
-        r"[A-Za-z0-9_-]++\\?[\"']?[ \t]*[:=][ \t]*"
+        r"[A-Za-z0-9_-]++\\?[\"']?[ \t]*(?:(?P<eq>=)|:)[ \t]*"
         r"(?:\\\"(?P<s4>" + _NOT_MASKED + r"(?:[^\"\\\n]|\\[^\"\n])+)\\\""
         r"|\"(?P<s1>" + _NOT_MASKED + r"(?:[^\"\\\n]|\\.)+)\""
         r"|'(?P<s2>" + _NOT_MASKED + r"[^'\n]+)'"
-        r"|(?P<s3>(?!\[REDACTED|None\b|null\b|\*\*\*|SecretStr\()[^\s,;&'\"`<>(){}\[\]\\]+))",
+        r"|(?P<s3>(?!\[REDACTED|None\b|null\b|\*\*\*|SecretStr\()(?(eq)|" + _NOT_A_WORD + r")"
+        r"[^\s,;&'\"`<>(){}\[\]\\]+))",
     ),
     ("jwt", r"eyJ[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]*+"),
     ("anthropic", r"sk-ant-[A-Za-z0-9_-]{20,}+"),
@@ -169,9 +173,10 @@ class Redactor:
             {v for raw in secret_values for v in (raw, raw.strip()) if len(v) >= _MIN_SECRET_VALUE},
             key=lambda v: (-len(v), v),
         )
+        # Known values go first, in their own pass: a rule must not hide only the start of one.
+        self._known = re.compile("|".join(map(re.escape, values))) if values else None
         self._rules: dict[str, _Rule] = {}
-        anywhere = ([("env", "|".join(map(re.escape, values)))] if values else []) + list(_ANYWHERE_RULES)
-        alternatives = [self._alternative(kind, pattern) for kind, pattern in anywhere]
+        alternatives = [self._alternative(kind, pattern) for kind, pattern in _ANYWHERE_RULES]
         on_token = [self._alternative(kind, pattern) for kind, pattern in _TOKEN_RULES]
         alternatives.append(_B + "(?:" + "|".join(on_token) + ")")
         self._combined = re.compile("|".join(alternatives))
@@ -179,9 +184,11 @@ class Redactor:
 
     def _alternative(self, kind: str, pattern: str) -> str:
         prefix = f"r{len(self._rules)}"
-        names = re.findall(r"\(\?P<(s\w*)>", pattern)
+        names = re.findall(r"\(\?P<(s\d*)>", pattern)
         self._rules[prefix] = _Rule(kind, tuple(f"{prefix}_{name}" for name in names))
-        scoped = pattern.replace("(?P<", f"(?P<{prefix}_").replace("(?P=", f"(?P={prefix}_")
+        scoped = pattern
+        for opening in ("(?P<", "(?P=", "(?("):  # group names are per rule: prefix them
+            scoped = scoped.replace(opening, f"{opening}{prefix}_")
         return f"(?P<{prefix}>{scoped})"
 
     @classmethod
@@ -219,6 +226,8 @@ class Redactor:
         """Return ``text`` with every secret replaced by ``[REDACTED:<kind>]``."""
         if not text:
             return text
+        if self._known is not None:
+            text = self._known.sub(_mask("env"), text)
         text = self._combined.sub(self._replace, text)
         for pattern in self._extra:
             text = pattern.sub(self._replace_extra, text)
@@ -280,6 +289,6 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         for key, value in list(vars(record).items()):
-            if key not in _RECORD_ATTRIBUTES and isinstance(value, str | Mapping | list | tuple):
+            if key not in _RECORD_ATTRIBUTES:
                 setattr(record, key, self.redactor.redact_field(key, value))
         return True
