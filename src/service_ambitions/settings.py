@@ -91,6 +91,13 @@ class StageTimeouts(_Section):
     mapping: float = Field(default=300.0, gt=0)
 
 
+class TransportRetries(_Section):
+    """Retries of transient HTTP failures (429, 408, 5xx, connection errors), honouring Retry-After."""
+
+    attempts: int = Field(default=4, ge=1, le=20)
+    max_wait: float = Field(default=60.0, gt=0)
+
+
 class OfflineOptions(_Section):
     """Options of the built-in synthetic ``offline`` model."""
 
@@ -129,6 +136,8 @@ class Settings(BaseSettings):
     plateau_concurrency: int = Field(default=2, ge=1, le=16)
     models_rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
     request_timeout: float = Field(default=120.0, gt=0)
+    transport_retries: TransportRetries = TransportRetries()
+    inject_failures: str | None = None
     stage_timeouts: StageTimeouts = StageTimeouts()
     run_budget_usd: float | None = Field(default=None, gt=0)
     budget_mode: Literal["warn", "enforce"] = "warn"
@@ -165,6 +174,15 @@ class Settings(BaseSettings):
     @classmethod
     def _ttl(cls, value: Any) -> Any:
         return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("inject_failures", mode="after")
+    @classmethod
+    def _failure_spec(cls, value: str | None) -> str | None:
+        if value is not None:
+            from service_ambitions.llm.chaos import parse_failure_spec  # noqa: PLC0415
+
+            parse_failure_spec(value)
+        return value
 
     @field_validator("mapping_sets", mode="after")
     @classmethod

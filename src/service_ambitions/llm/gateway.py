@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 import logfire
 from pydantic import BaseModel, ValidationError
 
-from service_ambitions.errors import ModelCallError, StageError
+from service_ambitions.errors import ModelCallError, QuarantineKind, StageError
 from service_ambitions.llm.limiter import Clock, MonotonicClock, Permit, RateLimiter
 from service_ambitions.llm.providers import parse_model_id, resolve_model
+from service_ambitions.llm.transport import SDK_RETRY_PROVIDERS
 from service_ambitions.observability.metrics import RunMetrics
 from service_ambitions.store.cache import ResponseCache, cache_key
 
@@ -65,6 +66,8 @@ class GatewayStats:
     input_tokens: int = 0
     output_tokens: int = 0
     failures: int = 0
+    max_attempts: int = 0
+    """Most requests one call needed (first answer plus output re-asks)."""
     by_stage: dict[str, int] = field(default_factory=dict)
 
 
@@ -143,6 +146,10 @@ class Gateway:
         if model_id in self._given:
             return self._given[model_id]
         model: Model = self._factory(model_id, self.settings)
+        if self.settings.inject_failures:
+            from service_ambitions.llm.chaos import ChaosModel, parse_failure_spec  # noqa: PLC0415
+
+            model = ChaosModel(model, parse_failure_spec(self.settings.inject_failures))
         self._given[model_id] = model
         return model
 
@@ -185,6 +192,8 @@ class Gateway:
             settings["max_tokens"] = self.settings.max_tokens
         settings["seed"] = self.settings.seed
         provider = parse_model_id(self.settings.stage_model(stage)).provider
+        if provider in SDK_RETRY_PROVIDERS:
+            settings["max_retries"] = 0  # our transport retries; the SDK must not multiply attempts
         if provider.startswith("openai") and self.settings.reasoning.effort:
             settings["openai_reasoning_effort"] = self.settings.reasoning.effort
         if provider.startswith("openai") and self.settings.reasoning.summary:
@@ -329,22 +338,32 @@ class Gateway:
     async def _call_model(
         self, stage: str, service_id: str, user_prompt: str, output_type: type[OutputT]
     ) -> CallResult[OutputT]:
-        from pydantic_ai.exceptions import ModelAPIError, UnexpectedModelBehavior  # noqa: PLC0415
+        from pydantic_ai.exceptions import (  # noqa: PLC0415
+            FallbackExceptionGroup,
+            ModelAPIError,
+            ModelTimeoutError,
+            UnexpectedModelBehavior,
+        )
 
         model_id = self.settings.stage_model(stage)
         try:
             output, response, usage = await self._structured(stage, service_id, user_prompt, output_type)
-        except (ModelAPIError, UnexpectedModelBehavior) as exc:
+        except (ModelAPIError, UnexpectedModelBehavior, FallbackExceptionGroup) as exc:
             self.stats.failures += 1
-            retry_after = getattr(exc, "retry_after", None)
+            failures = list(exc.exceptions) if isinstance(exc, FallbackExceptionGroup) else [exc]
             limiter = self._limiters.get(model_id)
-            if limiter is not None and retry_after:
-                limiter.pause(float(retry_after))
+            for failure in failures:
+                retry_after = getattr(failure, "retry_after", None)
+                if limiter is not None and retry_after:
+                    limiter.pause(float(retry_after))
+            timed_out = all(isinstance(failure, ModelTimeoutError) for failure in failures)
+            reasons = "; ".join(f"{type(failure).__name__}: {failure}" for failure in failures)
             raise ModelCallError(
-                f"model call failed: {type(exc).__name__}: {exc}",
+                f"model call failed after transport retries and {len(failures) - 1} fallback(s): {reasons}",
                 service_id=service_id,
                 stage=stage,
                 model_name=model_id,
+                kind=QuarantineKind.TIMEOUT if timed_out else QuarantineKind.MODEL_ERROR,
             ) from exc
         answered = response.model_name or model_id
         if response.provider_name and ":" not in answered:
@@ -417,6 +436,7 @@ class Gateway:
                 extra={"request_id": request_id, "service_id": service_id, "stage": stage},
             )
             self.stats.model_requests += 1
+            self.stats.max_attempts = max(self.stats.max_attempts, attempt)
             tokens_in += response.usage.input_tokens
             tokens_out += response.usage.output_tokens
             self.stats.input_tokens += response.usage.input_tokens

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from service_ambitions.errors import ConfigError, ProviderKeyMissing
 from service_ambitions.llm._names import OFFLINE_MODEL_VERSION, is_offline
@@ -142,15 +142,25 @@ def resolve_model(model_id: str, settings: Settings) -> Model:
         return OfflineModel(latency_ms=settings.offline.latency_ms, jitter_ms=settings.offline.jitter_ms)
     from pydantic_ai.models import infer_model  # noqa: PLC0415  (heavy import, kept off --help)
 
-    if ref.provider.startswith("openai"):
-        from pydantic_ai.providers.openai import OpenAIProvider  # noqa: PLC0415
+    from service_ambitions.llm.transport import TRANSPORT_PROVIDERS, retrying_client  # noqa: PLC0415
 
-        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-        if settings.base_url and key is None and not os.environ.get("OPENAI_API_KEY"):
-            key = "not-needed"  # local OpenAI-compatible servers ignore the key
-        provider = OpenAIProvider(base_url=settings.base_url, api_key=key)
-        return infer_model(f"{ref.provider}:{ref.name}", provider_factory=lambda _name: provider)
     try:
-        return infer_model(f"{ref.provider}:{ref.name}")
-    except Exception as exc:  # the SDK's own error types vary per provider
+        if ref.provider.startswith("openai"):
+            from pydantic_ai.providers.openai import OpenAIProvider  # noqa: PLC0415
+
+            key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+            if settings.base_url and key is None and not os.environ.get("OPENAI_API_KEY"):
+                key = "not-needed"  # local OpenAI-compatible servers ignore the key
+            provider: Any = OpenAIProvider(
+                base_url=settings.base_url, api_key=key, http_client=retrying_client(settings)
+            )
+        elif ref.provider in TRANSPORT_PROVIDERS:
+            from pydantic_ai.providers import infer_provider_class  # noqa: PLC0415
+
+            provider_class: Any = infer_provider_class(ref.provider)
+            provider = provider_class(http_client=retrying_client(settings))
+        else:
+            return infer_model(f"{ref.provider}:{ref.name}")
+        return infer_model(f"{ref.provider}:{ref.name}", provider_factory=lambda _name: provider)
+    except Exception as exc:  # the SDKs' own error types vary per provider
         raise ConfigError(f"cannot use model {model_id!r}: {exc}") from exc
