@@ -64,6 +64,9 @@ QuietOption = Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on
 JsonLogsOption = Annotated[bool, typer.Option("--json-logs", help="Log JSON lines on stderr, for machines.")]
 
 
+_TRACE_KEYS = ("request_id", "provider_response_id")
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -71,28 +74,48 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("service_id", "stage", "model_name", "request_id"):
-            if hasattr(record, key):
+        for key in ("service_id", "stage", "model_name", *_TRACE_KEYS):
+            if getattr(record, key, None) is not None:
                 entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info).splitlines()[-1]
         return json.dumps(entry, ensure_ascii=False)
 
 
-def setup_logging(*, verbose: int = 0, quiet: bool = False, json_logs: bool = False) -> None:
+class _TextFormatter(logging.Formatter):
+    def __init__(self, *, trace_ids: bool) -> None:
+        super().__init__("%(levelname)s %(message)s")
+        self.trace_ids = trace_ids
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if self.trace_ids:
+            ids = [f"{key}={getattr(record, key)}" for key in _TRACE_KEYS if getattr(record, key, None)]
+            if ids:
+                text += f" [{' '.join(ids)}]"
+        return text
+
+
+def _level(verbose: int, quiet: bool) -> int:
+    if quiet:
+        return logging.ERROR
+    if verbose >= 2:
+        return logging.DEBUG
+    return logging.INFO if verbose else logging.WARNING
+
+
+def setup_logging(
+    *, verbose: int = 0, quiet: bool = False, json_logs: bool = False, trace_ids: bool = False
+) -> None:
     """Logs go to stderr only; stdout carries data."""
-    level = (
-        logging.ERROR
-        if quiet
-        else logging.DEBUG
-        if verbose >= 2
-        else logging.INFO
-        if verbose
-        else logging.WARNING
-    )
+    from service_ambitions.observability.tracing import RequestIdFilter  # noqa: PLC0415
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if json_logs else logging.Formatter("%(levelname)s %(message)s"))
+    handler.setFormatter(_JsonFormatter() if json_logs else _TextFormatter(trace_ids=trace_ids))
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger("service_ambitions")
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(_level(verbose, quiet))
     root.propagate = False
 
 

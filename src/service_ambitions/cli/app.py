@@ -9,6 +9,7 @@ import typer
 from service_ambitions import __version__
 from service_ambitions.cli import migrate, preflight, run, validate
 from service_ambitions.cli.cache import cache_app
+from service_ambitions.cli.quarantine import quarantine_app
 
 __all__ = ["app", "main"]
 
@@ -49,6 +50,7 @@ app.command("validate")(validate.validate)
 app.command("preflight")(preflight.preflight)
 app.command("migrate")(migrate.migrate)
 app.add_typer(cache_app, name="cache")
+app.add_typer(quarantine_app, name="quarantine")
 
 
 def main() -> None:

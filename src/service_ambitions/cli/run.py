@@ -98,6 +98,17 @@ def run(
     ] = None,
     inspiration: Annotated[str | None, typer.Option("--inspiration", help="Inspirations file name.")] = None,
     json_logs: JsonLogsOption = False,
+    trace_ids: Annotated[
+        bool, typer.Option("--trace-ids", help="Add request ids (and provider response ids) to model logs.")
+    ] = False,
+    inject_failures: Annotated[
+        str | None,
+        typer.Option(
+            "--inject-failures",
+            help="Inject failures at the model boundary, for testing resilience: "
+            "p=0.05[,kinds=429,500,timeout,malformed][,seed=N].",
+        ),
+    ] = None,
     verbose: VerboseOption = 0,
     quiet: QuietOption = False,
 ) -> None:
@@ -108,7 +119,7 @@ def run(
 
         service-ambitions run --config config/app.yaml --model openai:gpt-5-mini --concurrency 16
     """
-    setup_logging(verbose=verbose, quiet=quiet, json_logs=json_logs)
+    setup_logging(verbose=verbose, quiet=quiet, json_logs=json_logs, trace_ids=trace_ids)
     settings = settings_from_flags(
         config,
         input_file=input_file,
@@ -128,6 +139,7 @@ def run(
         roles_file=roles_file,
         context_id=context_id,
         inspiration=inspiration,
+        inject_failures=inject_failures,
     )
     context = build_context(settings)
     try:

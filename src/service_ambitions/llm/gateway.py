@@ -27,6 +27,7 @@ from service_ambitions.llm.limiter import Clock, MonotonicClock, Permit, RateLim
 from service_ambitions.llm.providers import parse_model_id, resolve_model
 from service_ambitions.llm.transport import SDK_RETRY_PROVIDERS
 from service_ambitions.observability.metrics import RunMetrics
+from service_ambitions.observability.tracing import current_request
 from service_ambitions.store.cache import ResponseCache, cache_key
 
 if TYPE_CHECKING:
@@ -414,12 +415,14 @@ class Gateway:
             ) as (request_id, permit):
                 started = time.perf_counter()
                 outcome = "error"
+                marker = current_request.set((request_id, service_id))
                 try:
                     response = await model_request(
                         model, messages, model_settings=settings, model_request_parameters=parameters
                     )
                     outcome = "ok"
                 finally:
+                    current_request.reset(marker)
                     self.metrics.record(
                         self.metrics.request_duration,
                         time.perf_counter() - started,
@@ -429,11 +432,16 @@ class Gateway:
                         usage = response.usage if outcome == "ok" else None
                         permit.settle(usage.input_tokens + usage.output_tokens if usage else 0)
             log.debug(
-                "model call %s answered by %s (provider response %s)",
+                "model call %s (%s) answered by %s",
                 request_id,
+                stage,
                 response.model_name,
-                response.provider_response_id,
-                extra={"request_id": request_id, "service_id": service_id, "stage": stage},
+                extra={
+                    "request_id": request_id,
+                    "service_id": service_id,
+                    "stage": stage,
+                    "provider_response_id": response.provider_response_id,
+                },
             )
             self.stats.model_requests += 1
             self.stats.max_attempts = max(self.stats.max_attempts, attempt)

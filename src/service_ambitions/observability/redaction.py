@@ -48,6 +48,7 @@ _SECRET_NAME = re.compile(_SENSITIVE_WORD + r"|authorization|cookie", re.IGNOREC
 
 _B = r"(?<![A-Za-z0-9_-])"  # not inside a longer token
 _NOT_MASKED = r"(?!\[REDACTED)"  # keeps redact() idempotent
+_Q = r"(?:\\*[\"'])?"  # an optional quote, escaped any number of times (JSON inside JSON)
 # After "name:" (not "name=") a lone plain word is prose ("password: see below"), not a value.
 _NOT_A_WORD = r"(?![A-Za-z][a-z]*+(?:$|[\s,;&'\"`<>(){}\[\]\\.!?]))"
 
@@ -64,9 +65,16 @@ _ANYWHERE_RULES: tuple[tuple[str, str], ...] = (
 _TOKEN_RULES: tuple[tuple[str, str], ...] = (
     (
         "authorization",
-        r"(?i:(?:proxy-)?authorization)\\?[\"']?[ \t]*[:=][ \t]*\\?[\"']?"
-        r"(?:(?P<scheme>(?i:bearer|basic|token|bot|digest|apikey|negotiate))[ \t]+)?+"
-        r"(?P<s>" + _NOT_MASKED + r"(?(scheme)|" + _NOT_A_WORD + r")[^\s\"'\\,;]+)",
+        r"(?i:(?:proxy-)?authorization)"
+        + _Q
+        + r"[ \t]*[:=][ \t]*"
+        + _Q
+        + r"(?:(?P<scheme>(?i:bearer|basic|token|bot|digest|apikey|negotiate))[ \t]+)?+"
+        + r"(?P<s>"
+        + _NOT_MASKED
+        + r"(?(scheme)|"
+        + _NOT_A_WORD
+        + r")[^\s\"'\\,;]+)",
     ),
     (
         # "svn+ssh://" starts at "ssh": the scheme prefix is not secret and stays.
@@ -76,12 +84,12 @@ _TOKEN_RULES: tuple[tuple[str, str], ...] = (
     (
         "secret_field",
         # Cheap check first (is the word followed by ":" or "="?), then look for the secret word in it.
-        r"(?=[A-Za-z0-9_-]++\\?[\"']?[ \t]*[:=])(?=[A-Za-z0-9_-]*?(?i:" + _SENSITIVE_WORD + r"))"
-        r"[A-Za-z0-9_-]++\\?[\"']?[ \t]*(?:(?P<eq>=)|:)[ \t]*"
-        r"(?:\\\"(?P<s4>" + _NOT_MASKED + r"(?:[^\"\\\n]|\\[^\"\n])+)\\\""
+        r"(?=[A-Za-z0-9_-]++" + _Q + r"[ \t]*[:=])(?=[A-Za-z0-9_-]*?(?i:" + _SENSITIVE_WORD + r"))"
+        r"[A-Za-z0-9_-]++" + _Q + r"[ \t]*(?:(?P<eq>=)|:)[ \t]*"
+        r"(?:\\+\"(?P<s4>" + _NOT_MASKED + r"(?:[^\"\\\n]|\\[^\"\n])+)\\+\""
         r"|\"(?P<s1>" + _NOT_MASKED + r"(?:[^\"\\\n]|\\.)+)\""
         r"|'(?P<s2>" + _NOT_MASKED + r"[^'\n]+)'"
-        r"|(?P<s3>(?!\[REDACTED|None\b|null\b|\*\*\*|SecretStr\()(?(eq)|" + _NOT_A_WORD + r")"
+        r"|(?P<s3>(?!\[REDACTED|None\b|null\b|\*\*\*|\.\.\.|\$\{|SecretStr\()(?(eq)|" + _NOT_A_WORD + r")"
         r"[^\s,;&'\"`<>(){}\[\]\\]+))",
     ),
     ("jwt", r"eyJ[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]*+"),
@@ -106,7 +114,11 @@ _TOKEN_RULES: tuple[tuple[str, str], ...] = (
         # Mistral-style keys are 32 bare alphanumerics: only a secret when a key-ish label is next to it.
         "api_key",
         r"(?i:mistral[A-Za-z0-9_-]*+|(?:api|access|secret|private|auth)[ _-]?key|x-api-key|key)"
-        r"\\?[\"']?[ \t]*(?:[:=]|->)?[ \t]*\\?[\"']?(?P<s>[A-Za-z0-9]{32})(?![A-Za-z0-9_-])",
+        + _Q
+        + r"[ \t]*(?:[:=]|->)?[ \t]*"
+        + _Q
+        # Mixed case: a 32-character lowercase hex digest next to "cache key" is not a key.
+        + r"(?P<s>(?=[a-z0-9]{0,31}[A-Z])[A-Za-z0-9]{32})(?![A-Za-z0-9_-])",
     ),
 )
 
