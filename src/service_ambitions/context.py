@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from service_ambitions.content.loader import Content, load_content
 from service_ambitions.llm._names import is_offline
 from service_ambitions.llm.gateway import Gateway
 from service_ambitions.llm.providers import check_provider_keys
+from service_ambitions.observability.redaction import Redactor
 from service_ambitions.settings import Settings
 from service_ambitions.store.cache import ResponseCache
 
@@ -57,6 +59,7 @@ class RunContext:
     gateway: Gateway
     tool_version: str
     git_sha: str | None
+    redactor: Redactor
 
     @property
     def synthetic(self) -> bool:
@@ -82,16 +85,20 @@ def build_content(settings: Settings) -> Content:
     )
 
 
-def build_context(settings: Settings, *, models: Mapping[str, Model] | None = None) -> RunContext:
+def build_context(
+    settings: Settings, *, models: Mapping[str, Model] | None = None, redactor: Redactor | None = None
+) -> RunContext:
     """Validate keys, load content, open the cache and build the gateway.
 
     Args:
         settings: The run's settings.
         models: Ready-made models by id (tests inject scripted fakes here); others are resolved.
+        redactor: The secret redactor (built from the environment when omitted).
 
     Raises:
         UsageError: Missing provider key, bad model id, or unloadable content (before any model call).
     """
+    redactor = redactor or Redactor.from_environment(os.environ)
     given = dict(models or {})
     check_provider_keys(settings, [model for model in _model_ids(settings) if model not in given])
     content = build_content(settings)
@@ -109,6 +116,7 @@ def build_context(settings: Settings, *, models: Mapping[str, Model] | None = No
         gateway=gateway,
         tool_version=__version__,
         git_sha=git_sha(),
+        redactor=redactor,
     )
 
 

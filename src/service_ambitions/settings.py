@@ -103,6 +103,8 @@ class OfflineOptions(_Section):
 
     latency_ms: float = Field(default=0.0, ge=0)
     jitter_ms: float = Field(default=0.0, ge=0)
+    usd_per_million_tokens: float = Field(default=0.0, ge=0)
+    """Simulated price of offline answers (for budget rehearsals and the benchmark); 0 = free."""
 
 
 class Settings(BaseSettings):
@@ -138,6 +140,7 @@ class Settings(BaseSettings):
     request_timeout: float = Field(default=120.0, gt=0)
     transport_retries: TransportRetries = TransportRetries()
     inject_failures: str | None = None
+    allow_prompt_logging: bool = False
     stage_timeouts: StageTimeouts = StageTimeouts()
     run_budget_usd: float | None = Field(default=None, gt=0)
     budget_mode: Literal["warn", "enforce"] = "warn"

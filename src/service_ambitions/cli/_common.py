@@ -5,10 +5,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
@@ -28,6 +29,9 @@ __all__ = [
     "settings_from_flags",
     "setup_logging",
 ]
+
+if TYPE_CHECKING:
+    from service_ambitions.observability.redaction import Redactor
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -104,15 +108,33 @@ def _level(verbose: int, quiet: bool) -> int:
     return logging.INFO if verbose else logging.WARNING
 
 
+def build_redactor() -> Redactor:
+    """The run's redactor, from the environment (``SA_REDACTION_PATTERNS`` adds patterns).
+
+    Raises:
+        ConfigError: An extra pattern does not compile (names it).
+    """
+    from service_ambitions.observability.redaction import Redactor  # noqa: PLC0415
+
+    return Redactor.from_environment(os.environ)
+
+
 def setup_logging(
-    *, verbose: int = 0, quiet: bool = False, json_logs: bool = False, trace_ids: bool = False
+    *,
+    verbose: int = 0,
+    quiet: bool = False,
+    json_logs: bool = False,
+    trace_ids: bool = False,
+    redactor: Redactor | None = None,
 ) -> None:
-    """Logs go to stderr only; stdout carries data."""
+    """Logs go to stderr only; stdout carries data. Every record is redacted before it is written."""
+    from service_ambitions.observability.redaction import RedactingFilter  # noqa: PLC0415
     from service_ambitions.observability.tracing import RequestIdFilter  # noqa: PLC0415
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if json_logs else _TextFormatter(trace_ids=trace_ids))
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(RedactingFilter(redactor or _safe_redactor()))
     root = logging.getLogger("service_ambitions")
     root.handlers[:] = [handler]
     root.setLevel(_level(verbose, quiet))
@@ -141,9 +163,20 @@ def settings_from_flags(config: Path | None, **flags: Any) -> Settings:
     return load_settings(config, nested(**flags))
 
 
+def _safe_redactor() -> Redactor:
+    """The environment's redactor, or the built-in one when extra patterns are invalid."""
+    from service_ambitions.errors import ConfigError  # noqa: PLC0415
+    from service_ambitions.observability.redaction import Redactor  # noqa: PLC0415
+
+    try:
+        return Redactor.from_environment(os.environ)
+    except ConfigError:
+        return Redactor()
+
+
 def err(message: str) -> None:
-    """Write a message for people on stderr."""
-    typer.echo(message, err=True)
+    """Write a message for people on stderr (redacted: error texts can quote keys)."""
+    typer.echo(_safe_redactor().redact(message), err=True)
 
 
 def exits(func: Callable[P, R]) -> Callable[P, R]:

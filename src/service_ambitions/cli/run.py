@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
+from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -18,20 +21,26 @@ from service_ambitions.cli._common import (
     QuietOption,
     RolesFileOption,
     VerboseOption,
+    build_redactor,
     err,
     exits,
     settings_from_flags,
     setup_logging,
 )
+from service_ambitions.cli._summary import render_summary, summary_data, write_summary
 from service_ambitions.context import RunContext, build_context
 from service_ambitions.engine.engine import ProcessingEngine, RunReport
-from service_ambitions.errors import ExitCode
+from service_ambitions.engine.estimate import estimate_calls
+from service_ambitions.errors import ExitCode, InputError
+from service_ambitions.observability.progress import make_progress
+from service_ambitions.observability.telemetry import telemetry
 from service_ambitions.settings import Settings
 from service_ambitions.store.inputs import BadLine, read_services
 
 __all__ = ["run"]
 
 CacheMode = Literal["off", "read", "refresh", "write"]
+BudgetMode = Literal["warn", "enforce"]
 
 
 @exits
@@ -97,6 +106,43 @@ def run(
         str | None, typer.Option("--context-id", help="Situational context file name (without .md).")
     ] = None,
     inspiration: Annotated[str | None, typer.Option("--inspiration", help="Inspirations file name.")] = None,
+    estimate: Annotated[
+        bool,
+        typer.Option(
+            "--estimate", help="Print a pre-run cost estimate from input and prompt sizes; call nothing."
+        ),
+    ] = False,
+    run_budget_usd: Annotated[
+        float | None, typer.Option("--run-budget-usd", help="Spending cap for this run, in USD.")
+    ] = None,
+    budget_mode: Annotated[
+        BudgetMode | None,
+        typer.Option(
+            "--budget-mode", help="warn: log when the budget is passed; enforce: stop admitting, exit 4."
+        ),
+    ] = None,
+    summary_json: Annotated[
+        Path | None, typer.Option("--summary-json", help="Also write the run summary as JSON to this file.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve Prometheus /metrics on 127.0.0.1:PORT while running.",
+        ),
+    ] = None,
+    progress: Annotated[
+        bool,
+        typer.Option("--progress/--no-progress", help="Progress bar on stderr (only when it is a terminal)."),
+    ] = True,
+    allow_prompt_logging: Annotated[
+        bool,
+        typer.Option(
+            "--allow-prompt-logging", help="Log prompts and answers at debug level (-vv), redacted."
+        ),
+    ] = False,
     json_logs: JsonLogsOption = False,
     trace_ids: Annotated[
         bool, typer.Option("--trace-ids", help="Add request ids (and provider response ids) to model logs.")
@@ -119,7 +165,8 @@ def run(
 
         service-ambitions run --config config/app.yaml --model openai:gpt-5-mini --concurrency 16
     """
-    setup_logging(verbose=verbose, quiet=quiet, json_logs=json_logs, trace_ids=trace_ids)
+    redactor = build_redactor()
+    setup_logging(verbose=verbose, quiet=quiet, json_logs=json_logs, trace_ids=trace_ids, redactor=redactor)
     settings = settings_from_flags(
         config,
         input_file=input_file,
@@ -140,18 +187,33 @@ def run(
         context_id=context_id,
         inspiration=inspiration,
         inject_failures=inject_failures,
+        run_budget_usd=run_budget_usd,
+        budget_mode=budget_mode,
+        allow_prompt_logging=allow_prompt_logging or None,
     )
-    context = build_context(settings)
+    context = build_context(settings, redactor=redactor)
     try:
-        if dry_run:
-            _plan(context, settings, max_services)
+        if dry_run or estimate:
+            if dry_run:
+                _plan(context, settings, max_services)
+            if estimate:
+                _estimate(context, settings, max_services)
             return
         engine = ProcessingEngine(context)
-        interrupted = asyncio.run(_run_until_signal(engine, settings, max_services, resume=resume))
+        total = _count_services(settings.input_file, max_services)
+        with (
+            telemetry(version=context.tool_version, metrics_port=metrics_port),
+            _progress_for(engine, context, enabled=progress, json_logs=json_logs, total=total),
+        ):
+            interrupted = asyncio.run(_run_until_signal(engine, settings, max_services, resume=resume))
         report = engine.report
         if report is None:  # interrupted before the run started: nothing was written
             raise typer.Exit(int(ExitCode.INTERRUPTED))
-        _summary(context, report, quiet=quiet)
+        data = summary_data(context, report)
+        if summary_json is not None:
+            write_summary(summary_json, data)
+        if not quiet:
+            err(render_summary(data))
     finally:
         context.close()
     if interrupted:
@@ -193,6 +255,8 @@ async def _run_until_signal(
 
 
 def _exit_code(settings: Settings, report: RunReport) -> ExitCode:
+    if report.budget_exhausted:
+        return ExitCode.BUDGET
     if settings.strict and report.services_failed:
         return ExitCode.FAILURES
     if settings.fail_on_quarantine and report.quarantined:
@@ -220,26 +284,49 @@ def _plan(context: RunContext, settings: Settings, max_services: int | None) -> 
     )
 
 
-def _summary(context: RunContext, report: RunReport, *, quiet: bool) -> None:
-    if quiet:
+def _count_services(path: Path, max_services: int | None) -> int | None:
+    """Non-blank lines of the input (for the progress bar), counted in chunks."""
+    try:
+        with path.open("rb") as handle:
+            count = sum(1 for line in handle if line.strip())
+    except OSError:
+        return None
+    return min(count, max_services) if max_services is not None else count
+
+
+@contextlib.contextmanager
+def _progress_for(
+    engine: ProcessingEngine, context: RunContext, *, enabled: bool, json_logs: bool, total: int | None
+) -> Iterator[None]:
+    display = make_progress(sys.stderr, enabled=enabled, json_logs=json_logs, total=total)
+    if display is None:
+        yield
         return
-    cache = context.cache.stats
-    stats = context.gateway.stats
-    lines = [
-        f"run {report.run_id}: wrote {report.services_ok} record(s) to {report.output}"
-        + (f" (resumed after {report.resumed}; {report.skipped} skipped)" if report.resumed else ""),
-        f"  services: {report.services_ok} ok, {report.services_failed} failed, "
-        f"{report.input_invalid} invalid input line(s)",
-        f"  quarantined: {report.quarantined} entr{'y' if report.quarantined == 1 else 'ies'}"
-        + (f" ({report.unknown_ids} unknown id(s) dropped)" if report.unknown_ids else ""),
-        f"  records from cache: {report.from_cache}; "
-        f"model calls: {stats.calls} ({cache.hits - report.from_cache} cache hit(s), "
-        f"{stats.model_requests} request(s), "
-        f"{stats.output_reasks} output re-ask(s)); tokens in {stats.input_tokens}, out {stats.output_tokens}",
-        f"  wall time: {report.wall_seconds:.2f} s",
-    ]
-    if report.repaired_bytes:
-        lines.append(f"  repaired: a torn last line ({report.repaired_bytes} bytes) was moved to *.broken")
-    if cache.corrupt:
-        lines.append(f"  cache: {cache.corrupt} corrupt entr{'y' if cache.corrupt == 1 else 'ies'} purged")
-    err("\n".join(lines))
+
+    def update(report: RunReport) -> None:
+        done = report.services_ok + report.services_failed + report.from_cache
+        display.update(done=done, calls=context.gateway.stats.calls, cost=context.gateway.ledger.total_usd)
+
+    engine.on_progress = update
+    with display:
+        yield
+
+
+def _estimate(context: RunContext, settings: Settings, max_services: int | None) -> None:
+    services = _count_services(settings.input_file, max_services) or 0
+    if not settings.input_file.exists():
+        raise InputError(f"input file {settings.input_file} does not exist")
+    rows = estimate_calls(context)
+    total: Decimal | None = Decimal(0)
+    typer.echo(f"estimate for {services} service(s) (no cache hits assumed):")
+    for row in rows:
+        usd = row.usd * services if row.usd is not None else None
+        total = total + usd if total is not None and usd is not None else None
+        typer.echo(
+            f"  {row.stage:<13} {row.model:<32} {row.calls * services:>8} calls  "
+            f"{row.input_tokens * services:>12} in  {row.output_tokens * services:>11} out  "
+            + (f"${usd:.4f}" if usd is not None else "unpriced")
+        )
+    typer.echo(
+        f"  total: {'$' + format(total, '.4f') if total is not None else 'unknown (a model is unpriced)'}"
+    )

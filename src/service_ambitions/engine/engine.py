@@ -12,17 +12,21 @@ import dataclasses
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 from service_ambitions.content.render import service_json
 from service_ambitions.context import RunContext, settings_digest
 from service_ambitions.domain.inputs import ServiceInput
 from service_ambitions.domain.output import Header
+from service_ambitions.engine.estimate import estimate_service_cost
 from service_ambitions.engine.pipeline import ServicePipeline, ServiceResult
 from service_ambitions.engine.problems import Problem
 from service_ambitions.engine.watchdog import Watchdog
 from service_ambitions.errors import PipelineError, QuarantineKind
+from service_ambitions.llm.cost import Reservation
 from service_ambitions.llm.providers import parse_model_id
 from service_ambitions.store.cache import cache_key
 from service_ambitions.store.inputs import BadLine, InputLine, file_digest, read_services
@@ -56,6 +60,8 @@ class RunReport:
     skipped: int = 0
     from_cache: int = 0
     interrupted: bool = False
+    budget_exhausted: bool = False
+    budget_warned: bool = False
     repaired_bytes: int = 0
 
 
@@ -63,6 +69,10 @@ def run_id_for(input_digest: str, settings_digest: str, seed: int) -> str:
     """A run id derived from what the run is made of (reruns share it)."""
     basis = f"{input_digest}|{settings_digest}|{seed}"
     return hashlib.sha256(basis.encode()).hexdigest()[:16]
+
+
+class BudgetStop(Exception):
+    """Admission stopped: the budget would be crossed."""
 
 
 @dataclass
@@ -77,6 +87,8 @@ class ProcessingEngine:
     def __init__(self, context: RunContext) -> None:
         self.context = context
         self.report: RunReport | None = None
+        self.on_progress: Callable[[RunReport], None] | None = None
+        self._pre_estimate: Decimal | None = None
         self.settings = context.settings
         self.watchdog = Watchdog(loop_budget=max(self.settings.stage_timeouts.model_dump().values()))
         self.pipeline = ServicePipeline(
@@ -166,7 +178,7 @@ class ProcessingEngine:
         )
         report = RunReport(run_id=run_id, output=output_path)
         header = self.header(input_digest, run_id)
-        quarantine = QuarantineStore(quarantine_dir_for(output_path))
+        quarantine = QuarantineStore(quarantine_dir_for(output_path), redact=self.context.redactor.redact_obj)
         writer = OutputWriter(output_path)
         skip: set[str] = set()
         state = prepare_resume(output_path, header, quarantine) if resume else None
@@ -222,17 +234,22 @@ class ProcessingEngine:
                 if slot.result is not None:
                     writer.write_line(slot.result.line_bytes())
                 capacity.release()
+                if self.on_progress is not None:
+                    self.on_progress(report)
 
-        async def one(index: int, item: InputLine) -> None:
+        async def one(index: int, item: InputLine, hold: Reservation | None) -> None:
             slot = slots[index]
             try:
                 slot.result = await self._service(item, quarantine, report)
             finally:
+                if hold is not None:
+                    spent = self.context.gateway.ledger.by_service.get(item.service.service_id)
+                    hold.settle(spent.usd if spent is not None else None)
                 slot.done = True
                 drain()
 
         async with asyncio.TaskGroup() as group:
-            for item in read_services(input_path):
+            for item in read_services(input_path, redact=self.context.redactor.redact_obj):
                 if isinstance(item, BadLine):
                     self._bad_line(item, quarantine, report)
                     continue
@@ -242,9 +259,52 @@ class ProcessingEngine:
                 if max_services is not None and scheduled >= max_services:
                     break
                 await capacity.acquire()
+                try:
+                    hold = self._admit_within_budget(item.service.service_id, report)
+                except BudgetStop:
+                    capacity.release()
+                    break
                 slots[scheduled] = _Slot()
-                group.create_task(one(scheduled, item))
+                group.create_task(one(scheduled, item, hold))
                 scheduled += 1
+
+    def _admit_within_budget(self, service_id: str, report: RunReport) -> Reservation | None:
+        """Hold this service's estimated cost; stop admitting when the budget would be crossed.
+
+        Raises:
+            BudgetStop: ``budget_mode: enforce`` and spent + in flight + this estimate exceeds it.
+        """
+        budget = self.settings.run_budget_usd
+        if budget is None:
+            return None
+        ledger = self.context.gateway.ledger
+        estimate = self._service_estimate(report)
+        if ledger.would_exceed(Decimal(str(budget)), estimate):
+            if self.settings.budget_mode == "enforce":
+                report.budget_exhausted = True
+                log.error(
+                    "budget: spent $%s with $%s in flight; the next service (~$%s) would pass "
+                    "the $%s budget; finishing what is in flight and stopping (resumable)",
+                    ledger.total_usd.quantize(Decimal("0.0001")),
+                    ledger.in_flight_usd.quantize(Decimal("0.0001")),
+                    estimate.quantize(Decimal("0.0001")),
+                    budget,
+                )
+                raise BudgetStop
+            if not report.budget_warned:
+                report.budget_warned = True
+                log.warning("budget: the run is about to pass its $%s budget (budget_mode: warn)", budget)
+        return ledger.reserve(estimate, service_id=service_id)
+
+    def _service_estimate(self, report: RunReport) -> Decimal:
+        """Expected cost of one service: the average so far, or a pre-run estimate from prompt sizes."""
+        ledger = self.context.gateway.ledger
+        finished = report.services_ok + report.services_failed
+        if finished and ledger.total_usd > 0:
+            return ledger.total_usd / finished
+        if self._pre_estimate is None:
+            self._pre_estimate = estimate_service_cost(self.context)
+        return self._pre_estimate
 
     def _bad_line(self, item: BadLine, quarantine: QuarantineStore, report: RunReport) -> None:
         report.input_invalid += 1

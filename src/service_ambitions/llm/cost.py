@@ -52,7 +52,8 @@ class Price:
     Attributes:
         usd: The cost, or ``None`` when it is unknown (never 0 for an unknown model).
         reason: Why the response is unpriced; set exactly when ``usd`` is ``None``.
-        synthetic: The response came from the ``offline`` model (``usd`` is exactly 0).
+        synthetic: The response came from the ``offline`` model (``usd`` is 0 unless a simulated
+            rate is configured with ``offline.usd_per_million_tokens``).
     """
 
     usd: Decimal | None
@@ -62,8 +63,8 @@ class Price:
     def __post_init__(self) -> None:
         if (self.usd is None) != (self.reason is not None):
             raise ValueError("a price has either an amount or a reason it is unpriced, not both")
-        if self.synthetic and self.usd != _ZERO:
-            raise ValueError("a synthetic price is exactly 0")
+        if self.synthetic and self.usd is None:
+            raise ValueError("a synthetic price is always known")
 
     @property
     def priced(self) -> bool:

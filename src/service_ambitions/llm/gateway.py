@@ -17,12 +17,15 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import logfire
 from pydantic import BaseModel, ValidationError
 
 from service_ambitions.errors import ModelCallError, QuarantineKind, StageError
+from service_ambitions.llm._names import is_offline
+from service_ambitions.llm.cost import CostLedger, Price, price_response
 from service_ambitions.llm.limiter import Clock, MonotonicClock, Permit, RateLimiter
 from service_ambitions.llm.providers import parse_model_id, resolve_model
 from service_ambitions.llm.transport import SDK_RETRY_PROVIDERS
@@ -68,6 +71,7 @@ class GatewayStats:
     output_tokens: int = 0
     failures: int = 0
     max_attempts: int = 0
+    fallbacks: int = 0
     """Most requests one call needed (first answer plus output re-asks)."""
     by_stage: dict[str, int] = field(default_factory=dict)
 
@@ -103,7 +107,7 @@ class Gateway:
         system_prompt: str,
         cache: ResponseCache,
         models: Mapping[str, Model] | None = None,
-        model_factory: Callable[[str, Settings], Any] = resolve_model,
+        model_factory: Callable[..., Any] = resolve_model,
         metrics: RunMetrics | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -139,14 +143,20 @@ class Gateway:
             if limit.concurrency:
                 self._model_caps[model_id] = asyncio.Semaphore(limit.concurrency)
         self._sequence = itertools.count(1)
+        self.ledger = CostLedger()
+        self.transport_retries = 0
+        self.durations: dict[str, list[float]] = {}
         self.waiting = 0
         self.in_flight = 0
+
+    def _count_transport_retry(self) -> None:
+        self.transport_retries += 1
 
     # models -----------------------------------------------------------------------------------
     def _model(self, model_id: str) -> Model:
         if model_id in self._given:
             return self._given[model_id]
-        model: Model = self._factory(model_id, self.settings)
+        model: Model = self._factory(model_id, self.settings, on_retry=self._count_transport_retry)
         if self.settings.inject_failures:
             from service_ambitions.llm.chaos import ChaosModel, parse_failure_spec  # noqa: PLC0415
 
@@ -332,6 +342,33 @@ class Gateway:
                     self.waiting -= 1
                     self.metrics.add(self.metrics.queue_depth, -1, attributes)
 
+    def _account(
+        self, stage: str, service_id: str, model_id: str, response: ModelResponse, seconds: float
+    ) -> None:
+        """Price a response, and record its tokens, cost and latency."""
+        usage = response.usage
+        answered = response.model_name or model_id
+        if response.provider_name and ":" not in answered:
+            answered = f"{response.provider_name}:{answered}"
+        if is_offline(answered) or (is_offline(model_id) and not response.provider_name):
+            rate = Decimal(str(self.settings.offline.usd_per_million_tokens))
+            tokens = usage.input_tokens + usage.output_tokens
+            price = Price(usd=rate * tokens / 1_000_000, synthetic=True)
+        else:
+            price = price_response(response, model_id)
+        self.ledger.record(stage, answered, service_id, price, usage.input_tokens, usage.output_tokens)
+        samples = self.durations.setdefault(stage, [])
+        if len(samples) < 200_000:  # enough for percentiles; bounded whatever the run size
+            samples.append(seconds)
+        attributes = {"stage": stage, "model_name": answered}
+        self.metrics.add(self.metrics.tokens, usage.input_tokens, {**attributes, "direction": "input"})
+        self.metrics.add(self.metrics.tokens, usage.output_tokens, {**attributes, "direction": "output"})
+        if price.usd:
+            self.metrics.add(self.metrics.cost, float(price.usd), attributes)
+        configured = parse_model_id(model_id)
+        if configured.provider != "offline" and not answered.split(":", 1)[-1].startswith(configured.name):
+            self.stats.fallbacks += 1  # a fallback model answered
+
     def estimate_tokens(self, user_prompt: str) -> int:
         """Tokens a request may use, before sending it: prompt characters / 4 plus the output allowance."""
         return (len(self.system_prompt) + len(user_prompt)) // 4 + (self.settings.max_tokens or 2048)
@@ -387,15 +424,7 @@ class Gateway:
         agent graph's per-call CPU cost (see docs/architecture.md).
         """
         from pydantic_ai.direct import model_request  # noqa: PLC0415
-        from pydantic_ai.messages import (  # noqa: PLC0415
-            ModelRequest,
-            RetryFeedbackPart,
-            RetryInfo,
-            SystemPromptPart,
-            ToolCallPart,
-            ToolReturnPart,
-            UserPromptPart,
-        )
+        from pydantic_ai.messages import ModelRequest, SystemPromptPart, UserPromptPart  # noqa: PLC0415
 
         model = self.stage_model(stage)
         parameters = self._parameters(output_type)
@@ -443,8 +472,12 @@ class Gateway:
                     "provider_response_id": response.provider_response_id,
                 },
             )
+            if self.settings.allow_prompt_logging:
+                log.debug("prompt of %s:\n%s", request_id, user_prompt)
+                log.debug("answer of %s:\n%s", request_id, _answer_payload(response))
             self.stats.model_requests += 1
             self.stats.max_attempts = max(self.stats.max_attempts, attempt)
+            self._account(stage, service_id, model_id, response, time.perf_counter() - started)
             tokens_in += response.usage.input_tokens
             tokens_out += response.usage.output_tokens
             self.stats.input_tokens += response.usage.input_tokens
@@ -464,27 +497,30 @@ class Gateway:
                         payload=_answer_payload(response),
                     ) from exc
                 self.stats.output_reasks += 1
-                details = (
-                    exc.errors(include_url=False, include_context=False)
-                    if isinstance(exc, ValidationError)
-                    else str(exc)
-                )
-                call = next((part for part in response.parts if isinstance(part, ToolCallPart)), None)
-                retry: ToolReturnPart | RetryFeedbackPart
-                if call is not None:
-                    retry = ToolReturnPart(
-                        tool_name=call.tool_name,
-                        content=details,
-                        tool_call_id=call.tool_call_id,
-                        outcome="retried",
-                        retry=RetryInfo(cause="validation_error", attempt=attempt),
-                    )
-                else:
-                    cause: Literal["validation_error", "no_output"] = (
-                        "validation_error" if isinstance(exc, ValidationError) else "no_output"
-                    )
-                    retry = RetryFeedbackPart(content=details, retry=RetryInfo(cause=cause, attempt=attempt))
+                retry = _retry_part(response, exc, attempt)
                 messages = [*messages, response, ModelRequest(parts=[retry])]
+
+
+def _retry_part(response: ModelResponse, exc: Exception, attempt: int) -> Any:
+    """The message part that tells the model why its answer was rejected (pydantic-ai's own parts)."""
+    from pydantic_ai.messages import RetryFeedbackPart, RetryInfo, ToolCallPart, ToolReturnPart  # noqa: PLC0415
+
+    details = (
+        exc.errors(include_url=False, include_context=False) if isinstance(exc, ValidationError) else str(exc)
+    )
+    call = next((part for part in response.parts if isinstance(part, ToolCallPart)), None)
+    if call is not None:
+        return ToolReturnPart(
+            tool_name=call.tool_name,
+            content=details,
+            tool_call_id=call.tool_call_id,
+            outcome="retried",
+            retry=RetryInfo(cause="validation_error", attempt=attempt),
+        )
+    cause: Literal["validation_error", "no_output"] = (
+        "validation_error" if isinstance(exc, ValidationError) else "no_output"
+    )
+    return RetryFeedbackPart(content=details, retry=RetryInfo(cause=cause, attempt=attempt))
 
 
 def _answer_payload(response: ModelResponse) -> Any:

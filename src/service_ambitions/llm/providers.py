@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,7 +133,7 @@ def check_provider_keys(settings: Settings, model_ids: Iterable[str] | None = No
             raise ProviderKeyMissing(f"model {model_id!r} needs an API key: set {variables}")
 
 
-def resolve_model(model_id: str, settings: Settings) -> Model:
+def resolve_model(model_id: str, settings: Settings, *, on_retry: Callable[[], None] | None = None) -> Model:
     """Build the pydantic-ai model for an id (imports provider SDKs lazily)."""
     ref = parse_model_id(model_id)
     if ref.provider == "offline":
@@ -158,7 +158,7 @@ def resolve_model(model_id: str, settings: Settings) -> Model:
             from pydantic_ai.providers import infer_provider_class  # noqa: PLC0415
 
             provider_class: Any = infer_provider_class(ref.provider)
-            provider = provider_class(http_client=retrying_client(settings))
+            provider = provider_class(http_client=retrying_client(settings, on_retry=on_retry))
         else:
             return infer_model(f"{ref.provider}:{ref.name}")
         return infer_model(f"{ref.provider}:{ref.name}", provider_factory=lambda _name: provider)

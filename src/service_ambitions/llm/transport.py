@@ -9,6 +9,7 @@ not match the schema) are not retried here: the gateway re-asks for those.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -45,7 +46,9 @@ def _validate(response: httpx2.Response) -> None:
         response.raise_for_status()
 
 
-def _log_retry(state: RetryCallState) -> None:
+def _log_retry(state: RetryCallState, on_retry: Callable[[], None] | None = None) -> None:
+    if on_retry is not None:
+        on_retry()
     exc = state.outcome.exception() if state.outcome is not None else None
     status = getattr(getattr(exc, "response", None), "status_code", None)
     wait = state.next_action.sleep if state.next_action is not None else 0.0
@@ -64,6 +67,7 @@ def retrying_client(
     *,
     sleep: Callable[[float], Awaitable[None]] | None = None,
     wrapped: Any = None,
+    on_retry: Callable[[], None] | None = None,
 ) -> httpx2.AsyncClient:
     """An ``httpx2.AsyncClient`` whose transport retries transient failures per the settings.
 
@@ -71,6 +75,7 @@ def retrying_client(
         settings: Provides ``transport_retries`` and ``request_timeout``.
         sleep: How to wait between attempts (tests inject one that records instead of sleeping).
         wrapped: The transport underneath (tests pass an ``httpx2.MockTransport``).
+        on_retry: Called once per retry (the run summary counts them).
     """
     import httpx2  # noqa: PLC0415
     from pydantic_ai.retries import AsyncHTTPX2TenacityTransport, RetryConfig, wait_retry_after  # noqa: PLC0415
@@ -83,7 +88,7 @@ def retrying_client(
             fallback_strategy=wait_exponential(multiplier=0.5, max=policy.max_wait), max_wait=policy.max_wait
         ),
         stop=stop_after_attempt(policy.attempts),
-        before_sleep=_log_retry,
+        before_sleep=functools.partial(_log_retry, on_retry=on_retry),
         reraise=True,
     )
     if sleep is not None:

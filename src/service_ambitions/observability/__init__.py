@@ -1,4 +1,8 @@
-"""Observability: redaction of secrets for every sink (logs, exceptions, stored state)."""
+"""Observability: redaction, metrics, request tracing.
+
+The package root re-exports only the redaction API, which every sink needs; import metrics and tracing
+from their modules (metrics pulls in logfire).
+"""
 
 from service_ambitions.observability.redaction import PATTERNS_VARIABLE, RedactingFilter, Redactor
 

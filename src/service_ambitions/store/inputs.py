@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -64,10 +65,11 @@ def _explain(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def read_services(path: Path) -> Iterator[InputLine | BadLine]:
+def read_services(path: Path, redact: Callable[[Any], Any] | None = None) -> Iterator[InputLine | BadLine]:
     """Yield each non-blank line of a JSONL services file as a service or a bad line.
 
-    The file is streamed; only the set of ids seen is kept (to detect duplicates).
+    The file is streamed; only the set of ids seen is kept (to detect duplicates). ``redact``, when
+    given, scrubs secrets from each record before anything else sees it (prompts, cache, output).
 
     Raises:
         InputError: The file is missing or unreadable.
@@ -93,6 +95,9 @@ def read_services(path: Path) -> Iterator[InputLine | BadLine]:
             except json.JSONDecodeError as exc:
                 yield BadLine(number, f"invalid JSON: {exc.msg} at column {exc.colno}", raw.rstrip("\n"))
                 continue
+            if redact is not None:
+                data = redact(data)
+                raw = redact(raw)
             service_id = data.get("service_id") if isinstance(data, dict) else None
             if not isinstance(data, dict):
                 yield BadLine(number, "a service must be a JSON object", raw.rstrip("\n"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,10 @@ class QuarantineEntry(BaseModel):
 class QuarantineStore:
     """Entries for one output file."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, redact: Callable[[Any], Any] | None = None) -> None:
         self.directory = directory
         self.written = 0
+        self._redact = redact
 
     def reset(self) -> None:
         """Remove every entry (a fresh run replaces its output and its quarantine)."""
@@ -60,6 +61,9 @@ class QuarantineStore:
         line: int | None = None,
     ) -> QuarantineEntry:
         """Write one entry atomically; its id is derived from its content (stable across reruns)."""
+        if self._redact is not None:
+            error = self._redact(error)
+            payload = self._redact(payload)
         basis = json.dumps(
             [service_id, stage, kind, error, line, payload], ensure_ascii=False, sort_keys=True, default=str
         )

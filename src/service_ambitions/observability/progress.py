@@ -1,0 +1,53 @@
+"""A rich progress display on stderr: only for a terminal, never with JSON logs."""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+__all__ = ["RunProgress", "make_progress"]
+
+
+class RunProgress:
+    """Services done, model calls, cost so far and an ETA."""
+
+    def __init__(self, stream: IO[str], total: int | None) -> None:
+        from rich.console import Console  # noqa: PLC0415
+        from rich.progress import (  # noqa: PLC0415
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]services"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[calls]} calls  ${task.fields[cost]}"),
+            TimeRemainingColumn(),
+            console=Console(file=stream, force_terminal=True),
+            transient=False,
+        )
+        self._task = self._progress.add_task("run", total=total, calls=0, cost="0.0000")
+
+    def __enter__(self) -> RunProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, *, done: int, calls: int, cost: Any) -> None:
+        """Show the current figures."""
+        self._progress.update(self._task, completed=done, calls=calls, cost=f"{float(cost):.4f}")
+
+
+def make_progress(
+    stream: IO[str], *, enabled: bool, json_logs: bool, total: int | None
+) -> RunProgress | None:
+    """A progress display when ``stream`` is a terminal and logs are for people; otherwise None."""
+    isatty = getattr(stream, "isatty", None)
+    if not enabled or json_logs or isatty is None or not isatty():
+        return None
+    return RunProgress(stream, total)
