@@ -30,6 +30,7 @@ test: install  ## Run the whole test suite
 lint: install  ## ruff lint + format check, log wording lint
 	$(RUN) ruff check src tests scripts
 	$(RUN) ruff format --check src tests scripts
+	$(RUN) python scripts/log_lint.py src
 
 format: install  ## Apply ruff formatting and safe fixes
 	$(RUN) ruff format src tests scripts

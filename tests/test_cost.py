@@ -8,6 +8,7 @@ import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ from inline_snapshot import snapshot
 from pydantic_ai.messages import ModelResponse, TextPart
 from pydantic_ai.usage import RequestUsage
 
+from service_ambitions.context import build_context
+from service_ambitions.engine.engine import ProcessingEngine
 from service_ambitions.errors import ConfigError
 from service_ambitions.llm.cost import (
     OFFLINE_PRICE,
@@ -25,6 +28,8 @@ from service_ambitions.llm.cost import (
     estimate_usd,
     price_response,
 )
+from service_ambitions.settings import load_settings
+from tests.conftest import service, write_jsonl
 
 WHEN = datetime(2025, 11, 1, 12, tzinfo=UTC)
 KNOWN = (
@@ -383,3 +388,43 @@ def test_snapshot_shape() -> None:
     )
     assert ledger.by_model["openai:gpt-5-mini"].usd == Decimal("0.0012350")
     assert ledger.total_usd == Decimal("0.0012350")
+
+
+async def test_budget_enforce_stops_admission(isolated: Path) -> None:
+    write_jsonl(isolated / "in.jsonl", [service(f"S{i}") for i in range(6)])
+
+    async def run(budget: float, *, resume: bool) -> tuple[Any, Any]:
+        settings = load_settings(
+            None,
+            {
+                "model": "offline",
+                "offline": {"usd_per_million_tokens": 100},
+                "run_budget_usd": budget,
+                "budget_mode": "enforce",
+                "concurrency": 1,
+                "cache_mode": "off",  # cached answers cost nothing, so the budget would never bind
+            },
+        )
+        context = build_context(settings)
+        try:
+            report = await ProcessingEngine(context).run(
+                isolated / "in.jsonl", isolated / "out.jsonl", resume=resume
+            )
+        finally:
+            context.close()
+        return report, context.gateway.ledger
+
+    probe, ledger = await run(1_000_000, resume=False)
+    per_service = ledger.total_usd / 6
+    assert per_service > 0
+    (isolated / "out.jsonl").unlink()
+    budget = float(per_service * Decimal("2.5"))
+    report, ledger = await run(budget, resume=False)
+    assert report.budget_exhausted
+    assert report.services_ok == 2  # a third would pass the budget
+    assert ledger.total_usd <= Decimal(str(budget))
+    assert len((isolated / "out.jsonl").read_text().splitlines()) == 1 + 2
+    resumed, _ = await run(budget * 10, resume=True)
+    assert not resumed.budget_exhausted
+    assert len((isolated / "out.jsonl").read_text().splitlines()) == 1 + 6
+    del probe

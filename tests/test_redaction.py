@@ -6,6 +6,8 @@ import base64
 import io
 import json
 import logging
+import os
+import pathlib
 import random
 import string
 import traceback
@@ -15,10 +17,20 @@ from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 import pytest
+from pydantic_ai.exceptions import ModelAPIError
+from pydantic_ai.messages import ModelMessage, ModelResponse
+from pydantic_ai.models.function import AgentInfo, FunctionModel
 
+from service_ambitions.cli._common import setup_logging
+from service_ambitions.cli._summary import summary_data, write_summary
+from service_ambitions.context import build_context
 from service_ambitions.domain.ids import feature_id
+from service_ambitions.engine.engine import ProcessingEngine
 from service_ambitions.errors import ConfigError
+from service_ambitions.llm.offline import OfflineModel
 from service_ambitions.observability import PATTERNS_VARIABLE, RedactingFilter, Redactor
+from service_ambitions.settings import load_settings
+from tests.conftest import service, write_jsonl
 
 ALNUM = string.ascii_letters + string.digits
 URLSAFE = ALNUM + "-_"
@@ -395,3 +407,55 @@ def test_redact_obj_nested() -> None:
     }
     assert Redactor().redact_obj(key) == "[REDACTED:google]"
     assert Redactor().redact_obj(b"bytes are left alone") == b"bytes are left alone"
+
+
+# --- end to end: the canary --------------------------------------------------------------------
+
+CANARY_INPUT = "sk-proj-CANARYinput0123456789abcdefghijklmnop"
+CANARY_ENV = "sk-ant-api03-CANARYenv0123456789abcdefghijklmnopqrstu"
+CANARY_EXC = "ghp_CANARYexc0123456789abcdefghijklmnopqrs"
+
+
+async def test_canary_never_leaks(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", CANARY_ENV)
+    monkeypatch.chdir(tmp_path)
+    leaky = service("A", description=f"Uses the key {CANARY_INPUT} to reach the library API.")
+    write_jsonl(
+        tmp_path / "in.jsonl", [leaky, service("B"), f'{{"service_id": "C", "note": "{CANARY_INPUT}"']
+    )
+    offline = OfflineModel()
+
+    async def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if '"service_id":"B"' in repr(messages):
+            raise ModelAPIError("scripted", f"upstream rejected token {CANARY_EXC} and key {CANARY_ENV}")
+        response: ModelResponse = await offline.function(messages, info)  # type: ignore[misc]
+        return response
+
+    redactor = Redactor.from_environment(os.environ)
+    setup_logging(verbose=2, redactor=redactor)
+    settings = load_settings(
+        None, {"model": "test:scripted", "allow_prompt_logging": True, "cache_dir": tmp_path / "cache"}
+    )
+    context = build_context(settings, models={"test:scripted": FunctionModel(answer)}, redactor=redactor)
+    try:
+        report = await ProcessingEngine(context).run(tmp_path / "in.jsonl", tmp_path / "out.jsonl")
+        write_summary(tmp_path / "summary.json", summary_data(context, report))
+    finally:
+        context.close()
+        logging.getLogger("service_ambitions").handlers.clear()
+    assert report.services_ok == 1
+    assert report.failed_ids == ["B"]
+    assert report.input_invalid == 1
+    captured = capsys.readouterr()
+    written = [path for path in tmp_path.rglob("*") if path.is_file() and path.name != "in.jsonl"]
+    assert any(path.suffix == ".json" and "quarantine" in str(path) for path in written)
+    assert any("cache" in str(path) for path in written)
+    for canary in (CANARY_INPUT, CANARY_ENV, CANARY_EXC):
+        for path in written:
+            assert canary.encode() not in path.read_bytes(), f"{canary[:12]}... leaked into {path}"
+        assert canary not in captured.err
+        assert canary not in captured.out
+    assert "[REDACTED" in (tmp_path / "out.jsonl").read_text()
+    assert "[REDACTED" in captured.err

@@ -332,6 +332,8 @@ class ProcessingEngine:
             else:
                 report.from_cache += 1
         except PipelineError as exc:
+            metrics = self.context.gateway.metrics
+            metrics.add(metrics.services, 1, {"outcome": "failed"})
             report.services_failed += 1
             report.failed_ids.append(service_id)
             log.error("service %s failed at %s: %s", service_id, exc.stage, exc.message)
@@ -362,6 +364,10 @@ class ProcessingEngine:
             )
             return None
         report.services_ok += 1
+        metrics = self.context.gateway.metrics
+        metrics.add(metrics.services, 1, {"outcome": "ok"})
+        if result.unknown_ids:
+            metrics.add(metrics.unknown_ids, result.unknown_ids)
         log.info("service %s finished", service_id, extra={"service_id": service_id})
         return result
 

@@ -280,7 +280,16 @@ class Gateway:
         self.stats.calls += 1
         self.stats.by_stage[stage] = self.stats.by_stage.get(stage, 0) + 1
         key = self.key(stage, output_type, user_prompt)
+        corrupt_before = self.cache.stats.corrupt
         payload = self.cache.get(key)
+        result = (
+            "hit"
+            if payload is not None
+            else "corrupt"
+            if self.cache.stats.corrupt > corrupt_before
+            else "miss"
+        )
+        self.metrics.add(self.metrics.cache_requests, 1, {"result": result, "stage": stage})
         if payload is not None:
             try:
                 output = output_type.model_validate(payload["output"])

@@ -17,6 +17,23 @@ __all__ = ["telemetry"]
 log = logging.getLogger("service_ambitions.telemetry")
 
 
+_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+def _histogram_views() -> list[Any]:
+    """Explicit buckets for our histograms: Prometheus cannot read logfire's default exponential ones."""
+    from opentelemetry.sdk.metrics import Histogram  # noqa: PLC0415
+    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View  # noqa: PLC0415
+
+    return [
+        View(
+            instrument_type=Histogram,
+            instrument_name="sa_*",
+            aggregation=ExplicitBucketHistogramAggregation(boundaries=_SECONDS_BUCKETS),
+        )
+    ]
+
+
 @contextlib.contextmanager
 def telemetry(*, version: str, metrics_port: int | None = None) -> Iterator[int | None]:
     """Configure logfire for the duration of a command; yields the bound metrics port (or None)."""
@@ -42,7 +59,9 @@ def telemetry(*, version: str, metrics_port: int | None = None) -> Iterator[int 
             service_name="service-ambitions",
             service_version=version,
             inspect_arguments=False,
-            metrics=logfire.MetricsOptions(additional_readers=readers) if readers else None,
+            metrics=logfire.MetricsOptions(additional_readers=readers, views=_histogram_views())
+            if readers
+            else None,
         )
         shutdown = instance.force_flush
     except Exception as exc:  # telemetry must never stop a run

@@ -1,0 +1,37 @@
+"""The progress bar appears only on a terminal and never with JSON logs."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from service_ambitions.observability.progress import RunProgress, make_progress
+from tests.conftest import service, write_jsonl
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_only_on_tty(cli: Callable[..., Any], isolated: Path) -> None:
+    assert make_progress(io.StringIO(), enabled=True, json_logs=False, total=3) is None
+    assert make_progress(Terminal(), enabled=True, json_logs=True, total=3) is None
+    assert make_progress(Terminal(), enabled=False, json_logs=False, total=3) is None
+    terminal = Terminal()
+    display = make_progress(terminal, enabled=True, json_logs=False, total=3)
+    assert isinstance(display, RunProgress)
+    with display:
+        display.update(done=2, calls=42, cost=0.5)
+    shown = terminal.getvalue()
+    assert "2/3" in shown
+    assert "42 calls" in shown
+    assert "$0.5000" in shown
+    # Through the CLI, stderr is not a terminal here: no bar, only the summary.
+    write_jsonl(isolated / "services.jsonl", [service("A")])
+    result = cli("run", "--progress")
+    assert result.exit_code == 0
+    assert "━" not in result.stderr
+    assert "42 calls" not in result.stderr
