@@ -282,14 +282,10 @@ class Gateway:
         key = self.key(stage, output_type, user_prompt)
         corrupt_before = self.cache.stats.corrupt
         payload = self.cache.get(key)
-        result = (
-            "hit"
-            if payload is not None
-            else "corrupt"
-            if self.cache.stats.corrupt > corrupt_before
-            else "miss"
-        )
-        self.metrics.add(self.metrics.cache_requests, 1, {"result": result, "stage": stage})
+        lookup = "hit" if payload is not None else "miss"
+        if self.cache.stats.corrupt > corrupt_before:
+            lookup = "corrupt"
+        self.metrics.add(self.metrics.cache_requests, 1, {"result": lookup, "stage": stage})
         if payload is not None:
             try:
                 output = output_type.model_validate(payload["output"])
