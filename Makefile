@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := $(UV) run --frozen
 OUT ?= out
 
-.PHONY: help uv install sample test lint format typecheck bench check clean sbom licenses dist provenance audit
+.PHONY: help uv install sample test lint format typecheck bench bench-check check clean sbom licenses dist provenance audit
 
 help:  ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -39,8 +39,11 @@ format: install  ## Apply ruff formatting and safe fixes
 typecheck: install  ## mypy --strict over src, tests and scripts
 	$(RUN) mypy
 
-bench: install  ## Benchmark: services/s, calls/s, CPU ms per call, peak RSS (offline model)
-	$(RUN) python scripts/bench.py
+bench: install  ## Benchmark: services/s, calls/s, CPU ms per call, peak RSS, scheduler efficiency
+	$(RUN) python scripts/bench.py --sizes 100 1000 --regimes
+
+bench-check: install  ## Performance gate: fail on a >15% regression against benchmarks/golden.json
+	$(RUN) python scripts/bench.py --check benchmarks/golden.json
 
 sbom: install  ## CycloneDX 1.6 SBOM of the runtime-only environment -> dist/sbom.cdx.json
 	$(RUN) python scripts/supply_chain/sbom.py --output dist/sbom.cdx.json

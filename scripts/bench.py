@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
+import logging
 import random
 import resource
 import subprocess
@@ -93,6 +95,70 @@ def child(
     }
 
 
+def calibrate() -> float:
+    """CPU milliseconds of a fixed pure-Python workload like ours (JSON, hashing, small objects).
+
+    Dividing our CPU per call by it cancels out most of the machine's speed, so a golden figure
+    recorded on one machine can gate another.
+    """
+    started = time.process_time()
+    for index in range(20_000):
+        blob = json.dumps({"id": index, "items": [index] * 12, "text": "service ambition " * 4})
+        json.loads(blob)
+        hashlib.sha256(blob.encode()).hexdigest()
+    return (time.process_time() - started) * 1000
+
+
+def gate_figures(best_of: int) -> dict[str, Any]:
+    """The figures the performance gate compares; each is the best of ``best_of`` runs (noise only hurts)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_scheduler import REGIMES, run_regime  # noqa: PLC0415
+
+    efficiency = {regime.name: 0.0 for regime in REGIMES}
+    cpu_norm = float("inf")
+    for _ in range(best_of):
+        for regime in REGIMES:
+            efficiency[regime.name] = max(
+                efficiency[regime.name], asyncio.run(run_regime(regime))["efficiency"]
+            )
+        completed = subprocess.run(
+            [sys.executable, __file__, "--child", "--sizes", "300", "--calibrate"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        row = json.loads(completed.stdout.strip().splitlines()[-1])[0]
+        cpu_norm = min(cpu_norm, row["cpu_ms_per_call_ours"] / row["calibration_ms"])
+    return {"efficiency": efficiency, "cpu_per_call_normalised": round(cpu_norm, 6)}
+
+
+def check(golden_path: Path, figures: dict[str, Any], tolerance: float) -> int:
+    """Compare with the golden figures; 1 when any regressed by more than ``tolerance``."""
+    golden = json.loads(golden_path.read_text(encoding="utf-8"))
+    failures = []
+    for name, value in figures["efficiency"].items():
+        floor = golden["efficiency"][name] * (1 - tolerance)
+        status = "ok" if value >= floor else "REGRESSED"
+        reference = golden["efficiency"][name]
+        print(f"efficiency[{name}]: {value:.3f} (golden {reference:.3f}, floor {floor:.3f}) {status}")
+        if value < floor:
+            failures.append(name)
+    ceiling = golden["cpu_per_call_normalised"] * (1 + tolerance)
+    value = figures["cpu_per_call_normalised"]
+    status = "ok" if value <= ceiling else "REGRESSED"
+    print(
+        f"cpu_per_call_normalised: {value:.4f} (golden {golden['cpu_per_call_normalised']:.4f}, "
+        f"ceiling {ceiling:.4f}) {status}"
+    )
+    if value > ceiling:
+        failures.append("cpu_per_call_normalised")
+    if failures:
+        print(f"performance gate FAILED: {', '.join(failures)} regressed more than {tolerance:.0%}")
+        return 1
+    print("performance gate passed")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -107,8 +173,28 @@ def main() -> int:
         action="store_true",
         help="run each size twice on one cache: cold, then warm (cache-mode read)",
     )
+    parser.add_argument(
+        "--regimes", action="store_true", help="also measure scheduler efficiency (3 regimes)"
+    )
+    parser.add_argument(
+        "--check", type=Path, metavar="GOLDEN", help="fail on a >15%% regression against GOLDEN"
+    )
+    parser.add_argument("--update", action="store_true", help="with --check: write the figures to GOLDEN")
+    parser.add_argument("--best-of", type=int, default=3, help="runs per figure for --check (best is kept)")
+    parser.add_argument("--tolerance", type=float, default=0.15, help="allowed regression for --check")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--calibrate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    if args.check is not None:
+        figures = gate_figures(args.best_of)
+        print(json.dumps(figures, indent=2))
+        if args.update:
+            args.check.parent.mkdir(parents=True, exist_ok=True)
+            args.check.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+            print(f"golden figures written to {args.check}")
+            return 0
+        return check(args.check, figures, args.tolerance)
     if args.child and args.warm:
         with tempfile.TemporaryDirectory(prefix="sa-bench-") as tmp:
             cold = child(args.sizes[0], args.latency_ms, args.concurrency, "read", Path(tmp))
@@ -118,7 +204,11 @@ def main() -> int:
         print(json.dumps([cold, warm]))
         return 0
     if args.child:
-        print(json.dumps([child(args.sizes[0], args.latency_ms, args.concurrency, args.cache_mode)]))
+        calibration = calibrate() if args.calibrate else None
+        row = child(args.sizes[0], args.latency_ms, args.concurrency, args.cache_mode)
+        if calibration is not None:
+            row["calibration_ms"] = round(calibration, 3)
+        print(json.dumps([row]))
         return 0
     results = []
     for size in args.sizes:
@@ -142,13 +232,24 @@ def main() -> int:
             check=True,
         )
         results.extend(json.loads(completed.stdout.strip().splitlines()[-1]))
+    if args.regimes:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_scheduler import REGIMES, run_regime  # noqa: PLC0415
+
+        regimes = [asyncio.run(run_regime(regime)) for regime in REGIMES]
+    else:
+        regimes = []
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(results + regimes, indent=2))
         return 0
-    columns = list(dict.fromkeys(column for row in results for column in row))
-    print("  ".join(f"{column:>{max(len(column), 8)}}" for column in columns))
-    for row in results:
-        print("  ".join(f"{row.get(column, '')!s:>{max(len(column), 8)}}" for column in columns))
+    for table in (results, regimes):
+        if not table:
+            continue
+        columns = list(dict.fromkeys(column for row in table for column in row))
+        print("  ".join(f"{column:>{max(len(column), 8)}}" for column in columns))
+        for row in table:
+            print("  ".join(f"{row.get(column, '')!s:>{max(len(column), 8)}}" for column in columns))
+        print()
     return 0
 
 

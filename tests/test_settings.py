@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from service_ambitions.cli.run import parse_rate_limits
 from service_ambitions.errors import ConfigError
-from service_ambitions.settings import load_settings
+from service_ambitions.settings import PROVIDER_DEFAULT_RATE_LIMITS, RateLimit, load_settings
 
 
 def write_yaml(path: Path, text: str) -> Path:
@@ -145,3 +146,25 @@ def test_unknown_sa_key_in_dotenv_is_named(isolated: Path) -> None:
     (isolated / ".env").write_text("SA_CONCURENCY=4\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"concurency.*\.env"):
         load_settings()
+
+
+def test_rate_limits_from_every_layer(
+    cli: Callable[..., Any], isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = "models_rate_limits:\n  'openai:gpt-5-mini': {rpm: 500, tpm: 200000}\n"
+    config = write_yaml(isolated / "limits.yaml", text)
+    from_yaml = load_settings(config)
+    assert from_yaml.rate_limit_for("openai:gpt-5-mini") == RateLimit(rpm=500, tpm=200000)
+    monkeypatch.setenv("SA_MODELS_RATE_LIMITS", '{"openai:gpt-5-mini": {"rpm": 300}}')
+    # nested keys merge across layers: the env sets rpm, the YAML still gives tpm
+    assert load_settings(config).rate_limit_for("openai:gpt-5-mini") == RateLimit(rpm=300, tpm=200000)
+    flags = parse_rate_limits(["openai:gpt-5-mini=rpm:100,tpm:9000"])
+    from_cli = load_settings(config, {"models_rate_limits": flags})
+    assert from_cli.rate_limit_for("openai:gpt-5-mini") == RateLimit(rpm=100, tpm=9000)
+    # A real provider without an entry starts below its published entry-tier limits; offline has none.
+    default = PROVIDER_DEFAULT_RATE_LIMITS["anthropic"]
+    assert load_settings().rate_limit_for("anthropic:claude-sonnet-4-5") == default
+    assert load_settings().rate_limit_for("offline") is None
+    bad = cli("run", "--rate-limit", "openai:gpt-5-mini=rpm:fast")
+    assert bad.exit_code == 2
+    assert "rpm:fast" in bad.stderr

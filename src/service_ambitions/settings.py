@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_MAPPING_SETS",
     "ENV_PREFIX",
+    "PROVIDER_DEFAULT_RATE_LIMITS",
     "RateLimit",
     "Settings",
     "StageModels",
@@ -81,6 +82,18 @@ class RateLimit(_Section):
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
     concurrency: int | None = Field(default=None, gt=0)
+
+
+# Starting points for real providers when models_rate_limits has no entry for a model: below the
+# entry-tier limits each provider publishes, so a new account is not throttled. Raise them in config.
+PROVIDER_DEFAULT_RATE_LIMITS: dict[str, RateLimit] = {
+    "openai": RateLimit(rpm=400, tpm=160_000),
+    "anthropic": RateLimit(rpm=40, tpm=24_000),
+    "google": RateLimit(rpm=120, tpm=800_000),
+    "groq": RateLimit(rpm=25, tpm=5_000),
+    "mistral": RateLimit(rpm=50, tpm=400_000),
+    "openrouter": RateLimit(rpm=150, tpm=400_000),
+}
 
 
 class StageTimeouts(_Section):
@@ -195,6 +208,18 @@ class Settings(BaseSettings):
         if duplicates:
             raise ValueError(f"mapping set fields must be unique; repeated: {', '.join(duplicates)}")
         return value
+
+    def rate_limit_for(self, model_id: str) -> RateLimit | None:
+        """The limits of a model: its own entry, else its provider's default; none for local models."""
+        if model_id in self.models_rate_limits:
+            return self.models_rate_limits[model_id]
+        provider = model_id.partition(":")[0] if ":" in model_id else ""
+        provider = {"google-gla": "google", "openai-chat": "openai", "openai-responses": "openai"}.get(
+            provider, provider
+        )
+        if self.base_url and provider == "openai":
+            return None  # an OpenAI-compatible local server has no published limits
+        return PROVIDER_DEFAULT_RATE_LIMITS.get(provider)
 
     def stage_model(self, stage: str) -> str:
         """The configured model id for a stage."""

@@ -31,7 +31,7 @@ from service_ambitions.cli._summary import render_summary, summary_data, write_s
 from service_ambitions.context import RunContext, build_context
 from service_ambitions.engine.engine import ProcessingEngine, RunReport
 from service_ambitions.engine.estimate import estimate_calls
-from service_ambitions.errors import ExitCode, InputError
+from service_ambitions.errors import ExitCode, InputError, UsageError
 from service_ambitions.observability.progress import make_progress
 from service_ambitions.observability.telemetry import telemetry
 from service_ambitions.settings import Settings
@@ -66,6 +66,16 @@ def run(
     ] = None,
     concurrency: Annotated[
         int | None, typer.Option("--concurrency", help="Services processed at once.")
+    ] = None,
+    llm_concurrency: Annotated[
+        int | None, typer.Option("--llm-concurrency", help="Model calls in flight at once, across the run.")
+    ] = None,
+    rate_limit: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rate-limit",
+            help="Per-model limits, repeatable: MODEL=rpm:500,tpm:200000[,concurrency:8].",
+        ),
     ] = None,
     max_services: Annotated[
         int | None, typer.Option("--max-services", min=1, help="Process at most N services.")
@@ -176,6 +186,8 @@ def run(
         models__features=features_model,
         models__mapping=mapping_model,
         concurrency=concurrency,
+        llm_concurrency=llm_concurrency,
+        models_rate_limits=parse_rate_limits(rate_limit) if rate_limit else None,
         seed=seed,
         strict=strict,
         fail_on_quarantine=fail_on_quarantine,
@@ -252,6 +264,27 @@ async def _run_until_signal(
         for signum in installed:
             loop.remove_signal_handler(signum)
     return False
+
+
+def parse_rate_limits(values: list[str]) -> dict[str, dict[str, int]]:
+    """``openai:gpt-5-mini=rpm:500,tpm:200000`` → ``{"openai:gpt-5-mini": {"rpm": 500, "tpm": 200000}}``.
+
+    Raises:
+        UsageError: A value is not written MODEL=key:number[,key:number].
+    """
+    limits: dict[str, dict[str, int]] = {}
+    for value in values:
+        model, sep, spec = value.rpartition("=")
+        if not sep or not model:
+            raise UsageError(f"--rate-limit {value!r}: expected MODEL=rpm:N,tpm:N[,concurrency:N]")
+        entry: dict[str, int] = {}
+        for part in spec.split(","):
+            key, colon, number = part.strip().partition(":")
+            if not colon or key not in ("rpm", "tpm", "concurrency") or not number.isdigit():
+                raise UsageError(f"--rate-limit {value!r}: {part!r} is not rpm:N, tpm:N or concurrency:N")
+            entry[key] = int(number)
+        limits[model] = entry
+    return limits
 
 
 def _exit_code(settings: Settings, report: RunReport) -> ExitCode:

@@ -137,7 +137,10 @@ class Gateway:
         self.clock: Clock = clock or MonotonicClock()
         self._limiters: dict[str, RateLimiter] = {}
         self._model_caps: dict[str, asyncio.Semaphore] = {}
-        for model_id, limit in settings.models_rate_limits.items():
+        for model_id in sorted(set(settings.stage_models().values()) | set(settings.models_rate_limits)):
+            limit = settings.rate_limit_for(model_id)
+            if limit is None:
+                continue
             if limit.rpm or limit.tpm:
                 self._limiters[model_id] = RateLimiter(limit.rpm, limit.tpm, clock=self.clock)
             if limit.concurrency:
