@@ -207,3 +207,44 @@ def test_preflight(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "OPENAI_API_KEY" in missing.stderr
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-000")
     assert cli("preflight", "--model", "openai:gpt-5-mini").exit_code == 0
+
+
+def test_trace_ids_on_model_call_logs(cli: Cli, isolated: Path) -> None:
+    write_jsonl(isolated / "services.jsonl", [service("A")])
+    result = cli("run", "-vv", "--trace-ids", "--cache-mode", "off")
+    assert result.exit_code == 0
+    calls = [line for line in result.stderr.splitlines() if line.startswith("DEBUG model call")]
+    assert len(calls) == 21
+    assert all("[request_id=A:" in line for line in calls)
+    plain = cli("run", "-vv", "--cache-mode", "off")
+    assert "[request_id=" not in plain.stderr
+
+
+def test_estimate_and_summary_json(cli: Cli, isolated: Path) -> None:
+    shutil.copy(SAMPLES, isolated / "services.jsonl")
+    estimate = cli("run", "--estimate", "--model", "openai:gpt-5-mini")
+    assert estimate.exit_code == 2  # a real provider still needs its key, even to estimate
+    estimate = cli("run", "--estimate")
+    assert estimate.exit_code == 0
+    assert "estimate for 12 service(s)" in estimate.stdout
+    assert "mapping" in estimate.stdout
+    assert "total: $0.0000" in estimate.stdout
+    assert not (isolated / "evolutions.jsonl").exists()
+    result = cli("run", "--summary-json", "summary.json", "--max-services", "2")
+    assert result.exit_code == 0
+    summary = json.loads((isolated / "summary.json").read_text())
+    assert summary["services"]["ok"] == 2
+    assert summary["model_calls"]["calls"] == 42
+    assert set(summary["latency_seconds"]) == {"descriptions", "features", "mapping"}
+    assert summary["cost"]["total_usd"] is not None
+    assert summary["cache"]["writes"] > 0
+    assert summary["budget"]["exhausted"] is False
+
+
+def test_invalid_redaction_pattern_exits_2(cli: Cli, isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_jsonl(isolated / "services.jsonl", [service("A")])
+    monkeypatch.setenv("SA_REDACTION_PATTERNS", "secret-[a-z")
+    result = cli("run")
+    assert result.exit_code == 2
+    assert "secret-[a-z" in result.stderr
+    assert not (isolated / "evolutions.jsonl").exists()
