@@ -101,12 +101,31 @@ def calibrate() -> float:
     Dividing our CPU per call by it cancels out most of the machine's speed, so a golden figure
     recorded on one machine can gate another.
     """
-    started = time.process_time()
-    for index in range(20_000):
-        blob = json.dumps({"id": index, "items": [index] * 12, "text": "service ambition " * 4})
-        json.loads(blob)
-        hashlib.sha256(blob.encode()).hexdigest()
-    return (time.process_time() - started) * 1000
+    best = float("inf")
+    for _ in range(5):  # the minimum of several short runs is the least disturbed by other load
+        started = time.process_time()
+        for index in range(5_000):
+            blob = json.dumps({"id": index, "items": [index] * 12, "text": "service ambition " * 4})
+            json.loads(blob)
+            hashlib.sha256(blob.encode()).hexdigest()
+        best = min(best, time.process_time() - started)
+    return best * 1000
+
+
+def calibrated_cpu(count: int = 300, chunks: int = 6) -> dict[str, float]:
+    """Our CPU per call divided by the calibration loop, measured side by side in ``chunks`` slices.
+
+    The machine's speed drifts (shared, virtualised); measuring the calibration right before each
+    slice of the workload and keeping the least disturbed slice makes the ratio steady.
+    """
+    ratios = []
+    per_chunk = count // chunks
+    for _ in range(chunks):
+        calibration = calibrate()
+        row = child(per_chunk, 0.0, 8, "off")
+        ratios.append((row["cpu_ms_per_call_ours"] / calibration, row["cpu_ms_per_call_ours"], calibration))
+    ratio, cpu, calibration = min(ratios)
+    return {"ratio": ratio, "cpu_ms_per_call_ours": cpu, "calibration_ms": calibration}
 
 
 def gate_figures(best_of: int) -> dict[str, Any]:
@@ -115,7 +134,7 @@ def gate_figures(best_of: int) -> dict[str, Any]:
     from bench_scheduler import REGIMES, run_regime  # noqa: PLC0415
 
     efficiency = {regime.name: 0.0 for regime in REGIMES}
-    cpu_norm = float("inf")
+    ratio = cpu = calibration = float("inf")
     for _ in range(best_of):
         for regime in REGIMES:
             efficiency[regime.name] = max(
@@ -128,8 +147,14 @@ def gate_figures(best_of: int) -> dict[str, Any]:
             check=True,
         )
         row = json.loads(completed.stdout.strip().splitlines()[-1])[0]
-        cpu_norm = min(cpu_norm, row["cpu_ms_per_call_ours"] / row["calibration_ms"])
-    return {"efficiency": efficiency, "cpu_per_call_normalised": round(cpu_norm, 6)}
+        if row["ratio"] < ratio:
+            ratio, cpu, calibration = row["ratio"], row["cpu_ms_per_call_ours"], row["calibration_ms"]
+    return {
+        "efficiency": efficiency,
+        "cpu_per_call_normalised": round(ratio, 6),
+        "cpu_ms_per_call": cpu,
+        "calibration_ms": round(calibration, 3),
+    }
 
 
 def check(golden_path: Path, figures: dict[str, Any], tolerance: float) -> int:
@@ -203,12 +228,11 @@ def main() -> int:
         warm["speedup"] = round(cold["wall_s"] / warm["wall_s"], 1)
         print(json.dumps([cold, warm]))
         return 0
+    if args.child and args.calibrate:
+        print(json.dumps([calibrated_cpu(args.sizes[0])]))
+        return 0
     if args.child:
-        calibration = calibrate() if args.calibrate else None
-        row = child(args.sizes[0], args.latency_ms, args.concurrency, args.cache_mode)
-        if calibration is not None:
-            row["calibration_ms"] = round(calibration, 3)
-        print(json.dumps([row]))
+        print(json.dumps([child(args.sizes[0], args.latency_ms, args.concurrency, args.cache_mode)]))
         return 0
     results = []
     for size in args.sizes:

@@ -337,7 +337,7 @@ def _progress_for(
         return
 
     def update(report: RunReport) -> None:
-        done = report.services_ok + report.services_failed + report.from_cache
+        done = report.services_ok + report.services_failed
         display.update(done=done, calls=context.gateway.stats.calls, cost=context.gateway.ledger.total_usd)
 
     engine.on_progress = update

@@ -350,6 +350,8 @@ class ProcessingEngine:
         report.unknown_ids += result.unknown_ids
         fatal = self._record_problems(service_id, item.line, result.problems, quarantine, report)
         if fatal:
+            metrics = self.context.gateway.metrics
+            metrics.add(metrics.services, 1, {"outcome": "failed"})
             report.services_failed += 1
             report.failed_ids.append(service_id)
             log.error("service %s failed under --strict: %s", service_id, fatal[0].error)

@@ -202,12 +202,13 @@ class ServicePipeline:
         prompt = render_template(
             self.content.templates["descriptions"], descriptions_values(self.content.plateaus)
         )
-        answer = await self.gateway.call(
-            stage="descriptions",
-            service_id=service.service_id,
-            user_prompt=user_content(service, prompt),
-            output_type=DescriptionsResponse,
-        )
+        async with self._stage("descriptions", service.service_id):
+            answer = await self.gateway.call(
+                stage="descriptions",
+                service_id=service.service_id,
+                user_prompt=user_content(service, prompt),
+                output_type=DescriptionsResponse,
+            )
         by_name: dict[str, str] = {}
         for item in answer.output.descriptions:
             by_name.setdefault(item.plateau_name.strip().casefold(), strip_preamble(item.description))
@@ -267,7 +268,7 @@ class ServicePipeline:
         results: list[tuple[int, Any]] = []
         if features:
             try:
-                async with asyncio.TaskGroup() as group:
+                async with self._stage("mapping", service.service_id), asyncio.TaskGroup() as group:
                     tasks = [
                         group.create_task(map_set(index)) for index in range(len(self.content.catalogues))
                     ]

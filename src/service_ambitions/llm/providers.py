@@ -152,7 +152,9 @@ def resolve_model(model_id: str, settings: Settings, *, on_retry: Callable[[], N
             if settings.base_url and key is None and not os.environ.get("OPENAI_API_KEY"):
                 key = "not-needed"  # local OpenAI-compatible servers ignore the key
             provider: Any = OpenAIProvider(
-                base_url=settings.base_url, api_key=key, http_client=retrying_client(settings)
+                base_url=settings.base_url,
+                api_key=key,
+                http_client=retrying_client(settings, on_retry=on_retry),
             )
         elif ref.provider in TRANSPORT_PROVIDERS:
             from pydantic_ai.providers import infer_provider_class  # noqa: PLC0415
