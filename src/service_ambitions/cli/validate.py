@@ -46,16 +46,9 @@ def _content_findings(settings: Settings) -> list[str]:
     for name in loader.STAGE_TEMPLATES.values():
         check(lambda name=name: loader.read_text(prompts / name))
     if not findings:
-        check(
-            lambda: loader.load_content(
-                data_dir=settings.data_dir,
-                prompt_dir=settings.prompt_dir,
-                roles_file=settings.roles_file,
-                context_id=settings.context_id,
-                inspiration=settings.inspiration,
-                mapping_sets=list(settings.mapping_sets),
-            )
-        )
+        from service_ambitions.context import build_content  # noqa: PLC0415
+
+        check(lambda: build_content(settings))
     return findings
 
 
