@@ -46,6 +46,8 @@ log = logging.getLogger("service_ambitions.gateway")
 
 OutputT = TypeVar("OutputT", bound=BaseModel)
 OUTPUT_TOOL = "final_result"
+# Model settings that change how a request travels, not what the answer says: kept out of cache keys.
+_TRANSPORT_SETTINGS = frozenset({"request_timeout", "max_retries"})
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
 
 
@@ -131,6 +133,8 @@ class Gateway:
         self._factory = model_factory
         self._stage_models: dict[str, Model] = {}
         self._request_parameters: dict[type[BaseModel], ModelRequestParameters] = {}
+        self._stage_settings: dict[str, ModelSettings] = {}
+        self._key_bases: dict[str, dict[str, Any]] = {}
         self._schema_digests: dict[type[BaseModel], str] = {}
         self._semaphore = asyncio.Semaphore(settings.llm_concurrency)
         self.metrics = metrics or RunMetrics()
@@ -198,7 +202,10 @@ class Gateway:
         return model
 
     def model_settings(self, stage: str) -> ModelSettings:
-        """Output-affecting and transport settings for a stage's requests."""
+        """Output-affecting and transport settings for a stage's requests (built once per stage)."""
+        cached = self._stage_settings.get(stage)
+        if cached is not None:
+            return cached
         settings: dict[str, Any] = {"request_timeout": self.settings.request_timeout}
         if self.settings.temperature is not None:
             settings["temperature"] = self.settings.temperature
@@ -212,7 +219,8 @@ class Gateway:
             settings["openai_reasoning_effort"] = self.settings.reasoning.effort
         if provider.startswith("openai") and self.settings.reasoning.summary:
             settings["openai_reasoning_summary"] = self.settings.reasoning.summary
-        return settings  # type: ignore[return-value]
+        self._stage_settings[stage] = settings  # type: ignore[assignment]
+        return self._stage_settings[stage]
 
     def _parameters(self, output_type: type[BaseModel]) -> ModelRequestParameters:
         parameters = self._request_parameters.get(output_type)
@@ -241,11 +249,12 @@ class Gateway:
             digest = self._schema_digests[output_type] = schema_digest(output_type)
         return digest
 
-    def key(self, stage: str, output_type: type[BaseModel], user_prompt: str) -> str:
-        """The cache key of a call."""
-        model_id = self.settings.stage_model(stage)
-        return cache_key(
-            {
+    def _key_basis(self, stage: str) -> dict[str, Any]:
+        """The parts of a stage's cache keys that do not depend on the call (built once per stage)."""
+        basis = self._key_bases.get(stage)
+        if basis is None:
+            model_id = self.settings.stage_model(stage)
+            basis = self._key_bases[stage] = {
                 "stage": stage,
                 "model": parse_model_id(model_id).cache_identity,
                 "fallbacks": [
@@ -255,13 +264,17 @@ class Gateway:
                 "model_settings": {
                     key: value
                     for key, value in self.model_settings(stage).items()
-                    if key != "request_timeout"
+                    if key not in _TRANSPORT_SETTINGS
                 },
                 "output_retries": self.settings.output_retries,
                 "system_prompt": self.system_digest,
-                "schema": self._digest(output_type),
-                "prompt": user_prompt,
             }
+        return basis
+
+    def key(self, stage: str, output_type: type[BaseModel], user_prompt: str) -> str:
+        """The cache key of a call."""
+        return cache_key(
+            {**self._key_basis(stage), "schema": self._digest(output_type), "prompt": user_prompt}
         )
 
     # calls ------------------------------------------------------------------------------------
