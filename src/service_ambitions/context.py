@@ -64,9 +64,7 @@ class RunContext:
     @property
     def synthetic(self) -> bool:
         """True when any configured model is the offline model."""
-        models = list(self.settings.stage_models().values())
-        models.extend(model for fallbacks in self.settings.model_fallbacks.values() for model in fallbacks)
-        return any(is_offline(model) for model in models)
+        return any(is_offline(model) for model in self.settings.all_model_ids())
 
     def close(self) -> None:
         """Release what the context holds."""
@@ -100,7 +98,7 @@ def build_context(
     """
     redactor = redactor or Redactor.from_environment(os.environ)
     given = dict(models or {})
-    check_provider_keys(settings, [model for model in _model_ids(settings) if model not in given])
+    check_provider_keys(settings, [model for model in settings.all_model_ids() if model not in given])
     content = build_content(settings)
     cache = ResponseCache(
         settings.cache_dir,
@@ -118,10 +116,3 @@ def build_context(
         git_sha=git_sha(),
         redactor=redactor,
     )
-
-
-def _model_ids(settings: Settings) -> list[str]:
-    ids = set(settings.stage_models().values())
-    for fallbacks in settings.model_fallbacks.values():
-        ids.update(fallbacks)
-    return sorted(ids)

@@ -230,6 +230,13 @@ class Settings(BaseSettings):
         """The configured model for every stage."""
         return {stage: self.stage_model(stage) for stage in STAGES}
 
+    def all_model_ids(self) -> list[str]:
+        """Every model the run may call: each stage's model and every fallback, sorted."""
+        ids = set(self.stage_models().values())
+        for fallbacks in self.model_fallbacks.values():
+            ids.update(fallbacks)
+        return sorted(ids)
+
     def fallbacks_for(self, stage: str, model: str) -> list[str]:
         """Fallback models for a stage: by stage name first, then by model id."""
         return list(self.model_fallbacks.get(stage) or self.model_fallbacks.get(model) or [])

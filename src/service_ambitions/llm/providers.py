@@ -97,13 +97,6 @@ def export_dotenv_provider_keys(path: Path = Path(".env")) -> list[str]:
     return sorted(exported)
 
 
-def _all_model_ids(settings: Settings) -> list[str]:
-    ids = list(settings.stage_models().values())
-    for fallbacks in settings.model_fallbacks.values():
-        ids.extend(fallbacks)
-    return sorted(set(ids))
-
-
 def _has_key(provider: str, settings: Settings) -> tuple[bool, str]:
     if provider in KEYLESS:
         return True, ""
@@ -124,7 +117,7 @@ def check_provider_keys(settings: Settings, model_ids: Iterable[str] | None = No
         ProviderKeyMissing: Names the model and the environment variable(s) to set.
         ConfigError: A model id is malformed.
     """
-    for model_id in model_ids if model_ids is not None else _all_model_ids(settings):
+    for model_id in model_ids if model_ids is not None else settings.all_model_ids():
         ref = parse_model_id(model_id)
         if ref.provider == "offline":
             continue
