@@ -32,7 +32,7 @@ from service_ambitions.context import RunContext, build_context
 from service_ambitions.engine.engine import ProcessingEngine, RunReport
 from service_ambitions.engine.estimate import estimate_calls
 from service_ambitions.errors import ExitCode, InputError, UsageError
-from service_ambitions.observability.progress import make_progress
+from service_ambitions.observability.progress import RunProgress, progress_wanted
 from service_ambitions.observability.telemetry import telemetry
 from service_ambitions.settings import Settings
 from service_ambitions.store.inputs import BadLine, read_services
@@ -212,10 +212,9 @@ def run(
                 _estimate(context, settings, max_services)
             return
         engine = ProcessingEngine(context)
-        total = _count_services(settings.input_file, max_services)
         with (
             telemetry(version=context.tool_version, metrics_port=metrics_port),
-            _progress_for(engine, context, enabled=progress, json_logs=json_logs, total=total),
+            _progress_for(engine, context, max_services, enabled=progress, json_logs=json_logs),
         ):
             interrupted = asyncio.run(_run_until_signal(engine, settings, max_services, resume=resume))
         report = engine.report
@@ -318,7 +317,7 @@ def _plan(context: RunContext, settings: Settings, max_services: int | None) -> 
 
 
 def _count_services(path: Path, max_services: int | None) -> int | None:
-    """Non-blank lines of the input (for the progress bar), counted in chunks."""
+    """Non-blank lines of the input, streamed (for the progress bar and the estimate)."""
     try:
         with path.open("rb") as handle:
             count = sum(1 for line in handle if line.strip())
@@ -329,12 +328,13 @@ def _count_services(path: Path, max_services: int | None) -> int | None:
 
 @contextlib.contextmanager
 def _progress_for(
-    engine: ProcessingEngine, context: RunContext, *, enabled: bool, json_logs: bool, total: int | None
+    engine: ProcessingEngine, context: RunContext, max_services: int | None, *, enabled: bool, json_logs: bool
 ) -> Iterator[None]:
-    display = make_progress(sys.stderr, enabled=enabled, json_logs=json_logs, total=total)
-    if display is None:
-        yield
+    if not progress_wanted(sys.stderr, enabled=enabled, json_logs=json_logs):
+        yield  # no display: do not read the input an extra time just to count it
         return
+    total = _count_services(context.settings.input_file, max_services)
+    display = RunProgress(sys.stderr, total)
 
     def update(report: RunReport) -> None:
         done = report.services_ok + report.services_failed
@@ -346,9 +346,9 @@ def _progress_for(
 
 
 def _estimate(context: RunContext, settings: Settings, max_services: int | None) -> None:
-    services = _count_services(settings.input_file, max_services) or 0
     if not settings.input_file.exists():
         raise InputError(f"input file {settings.input_file} does not exist")
+    services = _count_services(settings.input_file, max_services) or 0
     rows = estimate_calls(context)
     total: Decimal | None = Decimal(0)
     typer.echo(f"estimate for {services} service(s) (no cache hits assumed):")
