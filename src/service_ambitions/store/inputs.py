@@ -16,7 +16,6 @@ from service_ambitions.errors import InputError
 
 __all__ = ["BadLine", "InputLine", "file_digest", "read_services"]
 
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -46,15 +45,12 @@ def _open_error(path: Path, exc: OSError) -> InputError:
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
+    """SHA-256 of a file, streamed."""
     try:
         with path.open("rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
+            return hashlib.file_digest(handle, "sha256").hexdigest()
     except OSError as exc:
         raise _open_error(path, exc) from None
-    return digest.hexdigest()
 
 
 def _explain(error: ValidationError) -> str:
