@@ -17,7 +17,6 @@ from service_ambitions.errors import InputError
 __all__ = ["BadLine", "InputLine", "file_digest", "read_services"]
 
 
-
 @dataclass(frozen=True)
 class InputLine:
     """A valid service and the line it came from."""
