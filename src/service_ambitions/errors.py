@@ -26,6 +26,7 @@ The run then exits 0, or 1 under ``--strict``/``--fail-on-quarantine`` (see :cla
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 __all__ = [
     "BudgetExhausted",
@@ -178,9 +179,19 @@ class StageError(PipelineError):
 
 
 class ModelCallError(StageError):
-    """The provider failed after transport retries and fallbacks."""
+    """The provider failed after transport retries and fallbacks.
+
+    Attributes:
+        systemic: Set when the failure would hit every call alike (``connection``: the server cannot be
+            reached; ``authentication``: 401/403; ``quota``: the account is out of credit), so the
+            engine can stop early instead of failing thousands of services the same way.
+    """
 
     default_kind = QuarantineKind.MODEL_ERROR
+
+    def __init__(self, message: str, *, systemic: str | None = None, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.systemic = systemic
 
 
 class StageTimeout(StageError):
