@@ -81,9 +81,10 @@ def soak(work: Path, *, iterations: int, services: int, seed: int, max_delay: fl
     env = {**os.environ, "SA_OFFLINE__LATENCY_MS": "5", "SA_MODEL": "offline"}
     rng = random.Random(seed)
     result = SoakResult(iterations=iterations, services=services)
-    broken = work / "evolutions.jsonl.broken"
+    # A killed fresh run leaves evolutions.jsonl.partial, which the next --resume continues.
+    broken = [work / "evolutions.jsonl.broken", work / "evolutions.jsonl.partial.broken"]
     for _ in range(iterations):
-        before = broken.stat().st_size if broken.exists() else 0
+        before = sum(path.stat().st_size for path in broken if path.exists())
         process = subprocess.Popen(
             _command(work), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -94,7 +95,7 @@ def soak(work: Path, *, iterations: int, services: int, seed: int, max_delay: fl
             process.send_signal(signal.SIGKILL)
             process.wait()
             result.kills += 1
-        after = broken.stat().st_size if broken.exists() else 0
+        after = sum(path.stat().st_size for path in broken if path.exists())
         result.torn_repairs += int(after > before)
     final = subprocess.run(_command(work), env=env, capture_output=True, text=True, check=False)
     result.final_exit = final.returncode

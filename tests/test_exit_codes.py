@@ -60,7 +60,7 @@ def interrupted(cli: Cli, tmp: Path) -> int:
     (tmp / "services.jsonl").write_bytes(SAMPLES.read_bytes())
     env = {**os.environ, "SA_OFFLINE__LATENCY_MS": "50"}
     process = subprocess.Popen([sys.executable, "-m", "service_ambitions", "run", "-q"], env=env)
-    output = tmp / "evolutions.jsonl"
+    output = tmp / "evolutions.jsonl.partial"  # where a fresh run writes until it is complete
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (output.exists() and output.read_bytes().count(b"\n") >= 2):
         time.sleep(0.05)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from service_ambitions.store.reader import read_evolutions
+from service_ambitions.store.writer import partial_path_for
 from tests.conftest import SAMPLES
 
 
@@ -28,9 +29,11 @@ def write_services(path: Path, count: int) -> list[str]:
 
 
 def wait_for_records(output: Path, count: int, timeout: float = 60.0) -> None:
+    """Wait until the run in progress (a fresh run writes ``<output>.partial``) holds ``count`` records."""
     deadline = time.monotonic() + timeout
+    partial = partial_path_for(output)
     while time.monotonic() < deadline:
-        if output.exists() and output.read_bytes().count(b"\n") > count:
+        if partial.exists() and partial.read_bytes().count(b"\n") > count:
             return
         time.sleep(0.05)
     raise AssertionError(f"{output} did not reach {count} records in {timeout} s")

@@ -4,14 +4,20 @@ Every error the tool raises on purpose derives from :class:`ServiceAmbitionsErro
 and maps to exactly one exit code::
 
     ServiceAmbitionsError
-    ├── UsageError                     exit 2  bad flags, config or content; before any model call
+    ├── UsageError                     exit 2  bad flags, config, content or paths; before any model call
     │   ├── ConfigError                        a settings key is unknown or invalid (names key and source)
     │   ├── ContentError                       reference data or prompt files cannot be loaded (names file)
-    │   └── ProviderKeyMissing                 a real provider has no API key (names the variable)
+    │   ├── ProviderKeyMissing                 a real provider has no API key (names the variable)
+    │   ├── PathError                          a path cannot be used or written (names it; also mid-run)
+    │   └── OutputLocked                       another process holds the output's lock
     ├── InputError                     exit 3  the services file is missing/unreadable, or validation failed
     │   └── ResumeRefused                      --resume found output from different input/settings/schema
+    ├── RunFailures                    exit 1  the run finished, but services have no record (or, under
+    │   │                                      --fail-on-quarantine, something was quarantined)
+    │   └── SystemicFailure                    stopped early: every call failed the same way (auth, ...)
     ├── BudgetExhausted                exit 4  run_budget_usd reached under budget_mode=enforce
     ├── IntegrityError                 exit 5  `cache validate` found problems
+    ├── Interrupted                    exit 130 SIGINT/SIGTERM; finished records kept, resumable
     └── PipelineError                          one service failed; quarantined, the batch goes on
         ├── StageError                         a stage could not produce a valid answer
         │   ├── ModelCallError                 transport/provider failure after retries and fallbacks
@@ -19,8 +25,9 @@ and maps to exactly one exit code::
         ├── ProcessingError                    a valid answer broke a product rule (e.g. missing plateau)
         └── MappingError                       a mapping answer broke a rule under --strict
 
-``PipelineError`` never reaches the process exit: the engine turns it into a quarantine entry.
-The run then exits 0, or 1 under ``--strict``/``--fail-on-quarantine`` (see :class:`ExitCode`).
+``PipelineError`` never reaches the process exit: the engine turns it into a quarantine entry, and
+the run ends with :class:`RunFailures` (exit 1) when any service got no record. An exception that
+is not a ``PipelineError`` inside one service is quarantined too (kind ``internal``).
 """
 
 from __future__ import annotations
@@ -35,16 +42,21 @@ __all__ = [
     "ExitCode",
     "InputError",
     "IntegrityError",
+    "Interrupted",
     "MappingError",
+    "OutputLocked",
+    "PathError",
     "ModelCallError",
     "PipelineError",
     "ProcessingError",
     "ProviderKeyMissing",
     "QuarantineKind",
     "ResumeRefused",
+    "RunFailures",
     "ServiceAmbitionsError",
     "StageError",
     "StageTimeout",
+    "SystemicFailure",
     "UsageError",
 ]
 
@@ -55,7 +67,7 @@ class ExitCode(IntEnum):
     OK = 0
     """Every service was written (lenient problems may be quarantined)."""
     FAILURES = 1
-    """Finished, but services failed under --strict or something was quarantined with --fail-on-quarantine."""
+    """Finished, but a service has no record, or something was quarantined with --fail-on-quarantine."""
     USAGE = 2
     """Usage, configuration or content error; nothing was sent to a model."""
     INPUT = 3
@@ -78,6 +90,7 @@ class QuarantineKind:
     TIMEOUT = "timeout"
     MODEL_ERROR = "model_error"
     BUDGET = "budget"
+    INTERNAL = "internal"
 
 
 class ServiceAmbitionsError(Exception):
@@ -104,6 +117,14 @@ class ProviderKeyMissing(UsageError):
     """A configured real provider has no API key in the environment."""
 
 
+class PathError(UsageError):
+    """A path cannot be used: wrong kind, not writable, same as another, or failing mid-run."""
+
+
+class OutputLocked(UsageError):
+    """Another process is writing the same output (its lock file is held)."""
+
+
 class InputError(ServiceAmbitionsError):
     """The services file cannot be read, or validation found problems."""
 
@@ -112,6 +133,22 @@ class InputError(ServiceAmbitionsError):
 
 class ResumeRefused(InputError):
     """--resume found an output produced from different input, settings or schema."""
+
+
+class RunFailures(ServiceAmbitionsError):
+    """The run finished, but some services have no record (or quarantine failed the run)."""
+
+    exit_code = ExitCode.FAILURES
+
+
+class SystemicFailure(RunFailures):
+    """The run stopped early: calls kept failing the same way (unreachable server, bad key, no quota)."""
+
+
+class Interrupted(ServiceAmbitionsError):
+    """SIGINT or SIGTERM; every finished record was kept, and ``--resume`` continues."""
+
+    exit_code = ExitCode.INTERRUPTED
 
 
 class BudgetExhausted(ServiceAmbitionsError):

@@ -19,11 +19,13 @@ from service_ambitions.settings import Settings, load_settings
 __all__ = [
     "ConfigOption",
     "DataDirOption",
+    "DebugOption",
     "JsonLogsOption",
     "PromptDirOption",
     "QuietOption",
     "RolesFileOption",
     "VerboseOption",
+    "check_run_paths",
     "exits",
     "nested",
     "settings_from_flags",
@@ -66,6 +68,13 @@ VerboseOption = Annotated[
 ]
 QuietOption = Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr.")]
 JsonLogsOption = Annotated[bool, typer.Option("--json-logs", help="Log JSON lines on stderr, for machines.")]
+DebugOption = Annotated[
+    bool,
+    typer.Option(
+        "--debug",
+        help="Let unexpected errors raise with their traceback (for bug reports; may show paths and data).",
+    ),
+]
 
 
 _TRACE_KEYS = ("request_id", "provider_response_id")
@@ -180,7 +189,12 @@ def err(message: str) -> None:
 
 
 def exits(func: Callable[P, R]) -> Callable[P, R]:
-    """Translate the tool's errors to their exit codes, with a one-line message (never a traceback)."""
+    """Translate errors to their exit codes with a one-line message (never a traceback).
+
+    The tool's own errors carry their exit code. An ``OSError`` that escaped is a path problem
+    (exit 2). Anything else is a bug: one line naming it (exit 1), or, under ``--debug``, the
+    exception itself with its traceback.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -192,5 +206,42 @@ def exits(func: Callable[P, R]) -> Callable[P, R]:
         except KeyboardInterrupt:
             err("interrupted: completed records were kept")
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except OSError as exc:
+            if kwargs.get("debug"):
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            err(f"error: cannot use{where}: {exc.strerror or exc}")
+            raise typer.Exit(int(ExitCode.USAGE)) from None
+        except Exception as exc:
+            if kwargs.get("debug"):
+                raise
+            err(f"internal error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)")
+            raise typer.Exit(int(ExitCode.FAILURES)) from None
 
     return wrapper
+
+
+def check_run_paths(settings: Settings, summary_json: Path | None) -> None:
+    """Refuse, before anything is opened for writing, paths that would lose data or cannot work.
+
+    Raises:
+        PathError: The output or summary is the input (or each other), or a path cannot be written.
+    """
+    from service_ambitions.cli import _paths  # noqa: PLC0415
+    from service_ambitions.store.quarantine import quarantine_dir_for  # noqa: PLC0415
+    from service_ambitions.store.spool import STDIN  # noqa: PLC0415
+
+    named: dict[str, Path] = {"--output-file": settings.output_file}
+    if settings.input_file != STDIN:
+        named["--input-file"] = settings.input_file
+    if summary_json is not None:
+        named["--summary-json"] = summary_json
+    _paths.check_distinct(named)
+    _paths.check_writable_file("--output-file", settings.output_file)
+    _paths.check_writable_dir("quarantine", quarantine_dir_for(settings.output_file))
+    if summary_json is not None:
+        _paths.check_writable_file("--summary-json", summary_json)
+    if settings.cache_mode != "off":
+        _paths.check_writable_dir("--cache-dir", settings.cache_dir)

@@ -16,12 +16,14 @@ import typer
 from service_ambitions.cli._common import (
     ConfigOption,
     DataDirOption,
+    DebugOption,
     JsonLogsOption,
     PromptDirOption,
     QuietOption,
     RolesFileOption,
     VerboseOption,
     build_redactor,
+    check_run_paths,
     err,
     exits,
     settings_from_flags,
@@ -31,11 +33,20 @@ from service_ambitions.cli._summary import render_summary, summary_data, write_s
 from service_ambitions.context import RunContext, build_context
 from service_ambitions.engine.engine import ProcessingEngine, RunReport
 from service_ambitions.engine.estimate import estimate_calls
-from service_ambitions.errors import ExitCode, InputError, UsageError
+from service_ambitions.errors import (
+    BudgetExhausted,
+    InputError,
+    Interrupted,
+    RunFailures,
+    SystemicFailure,
+    UsageError,
+)
 from service_ambitions.observability.progress import RunProgress, progress_wanted
 from service_ambitions.observability.telemetry import telemetry
 from service_ambitions.settings import Settings
 from service_ambitions.store.inputs import BadLine, read_services
+from service_ambitions.store.lock import output_lock
+from service_ambitions.store.spool import spooled_input
 
 __all__ = ["run"]
 
@@ -165,6 +176,7 @@ def run(
             "p=0.05[,kinds=429,500,timeout,malformed][,seed=N].",
         ),
     ] = None,
+    debug: DebugOption = False,
     verbose: VerboseOption = 0,
     quiet: QuietOption = False,
 ) -> None:
@@ -203,23 +215,29 @@ def run(
         budget_mode=budget_mode,
         allow_prompt_logging=allow_prompt_logging or None,
     )
+    check_run_paths(settings, summary_json)
     context = build_context(settings, redactor=redactor)
     try:
         if dry_run or estimate:
-            if dry_run:
-                _plan(context, settings, max_services)
-            if estimate:
-                _estimate(context, settings, max_services)
+            with spooled_input(settings.input_file) as input_path:
+                if dry_run:
+                    _plan(context, settings, input_path, max_services)
+                if estimate:
+                    _estimate(context, settings, input_path, max_services)
             return
-        engine = ProcessingEngine(context)
+        engine = ProcessingEngine(context, debug=debug)
         with (
+            output_lock(settings.output_file),
+            spooled_input(settings.input_file) as input_path,
             telemetry(version=context.tool_version, metrics_port=metrics_port),
-            _progress_for(engine, context, max_services, enabled=progress, json_logs=json_logs),
+            _progress_for(engine, context, input_path, max_services, enabled=progress, json_logs=json_logs),
         ):
-            interrupted = asyncio.run(_run_until_signal(engine, settings, max_services, resume=resume))
+            interrupted = asyncio.run(
+                _run_until_signal(engine, input_path, settings, max_services, resume=resume)
+            )
         report = engine.report
         if report is None:  # interrupted before the run started: nothing was written
-            raise typer.Exit(int(ExitCode.INTERRUPTED))
+            raise Interrupted("interrupted before any service started")
         data = summary_data(context, report)
         if summary_json is not None:
             write_summary(summary_json, data)
@@ -228,15 +246,15 @@ def run(
     finally:
         context.close()
     if interrupted:
-        err("interrupted: every finished record was written; run again with --resume to continue")
-        raise typer.Exit(int(ExitCode.INTERRUPTED))
-    code = _exit_code(settings, report)
-    if code != ExitCode.OK:
-        raise typer.Exit(int(code))
+        raise Interrupted(
+            f"interrupted: every finished record was written to {report.written_to}; "
+            "run again with --resume to continue"
+        )
+    _raise_for_outcome(settings, report)
 
 
 async def _run_until_signal(
-    engine: ProcessingEngine, settings: Settings, max_services: int | None, *, resume: bool
+    engine: ProcessingEngine, input_path: Path, settings: Settings, max_services: int | None, *, resume: bool
 ) -> bool:
     """Run the engine; SIGINT/SIGTERM stop admission and cancel in-flight work. True when interrupted."""
     loop = asyncio.get_running_loop()
@@ -254,7 +272,7 @@ async def _run_until_signal(
             loop.add_signal_handler(signum, on_signal, signum)
             installed.append(signum)
     try:
-        await engine.run(settings.input_file, settings.output_file, max_services=max_services, resume=resume)
+        await engine.run(input_path, settings.output_file, max_services=max_services, resume=resume)
     except asyncio.CancelledError:
         if not received:
             raise
@@ -286,19 +304,33 @@ def parse_rate_limits(values: list[str]) -> dict[str, dict[str, int]]:
     return limits
 
 
-def _exit_code(settings: Settings, report: RunReport) -> ExitCode:
+def _raise_for_outcome(settings: Settings, report: RunReport) -> None:
+    """Turn the run's outcome into its error class (and so its exit code); return when all is well.
+
+    Raises:
+        BudgetExhausted: The budget stopped admission (exit 4).
+        SystemicFailure: Every call failed the same way, so the run stopped early (exit 1).
+        RunFailures: Some service has no record, or --fail-on-quarantine and something was quarantined.
+    """
     if report.budget_exhausted:
-        return ExitCode.BUDGET
-    if settings.strict and report.services_failed:
-        return ExitCode.FAILURES
+        raise BudgetExhausted(
+            f"the run budget was reached; {report.services_ok} service(s) written to {report.written_to}; "
+            "raise run_budget_usd and run again with --resume"
+        )
+    if report.systemic is not None:
+        raise SystemicFailure(f"stopped early: {report.systemic}; fix the cause and run again with --resume")
+    if report.services_failed:
+        raise RunFailures(
+            f"{report.services_failed} service(s) have no record (quarantined); "
+            f"see: service-ambitions quarantine ls --output-file {settings.output_file}"
+        )
     if settings.fail_on_quarantine and report.quarantined:
-        return ExitCode.FAILURES
-    return ExitCode.OK
+        raise RunFailures(f"{report.quarantined} quarantine entr(ies) and --fail-on-quarantine is set")
 
 
-def _plan(context: RunContext, settings: Settings, max_services: int | None) -> None:
+def _plan(context: RunContext, settings: Settings, input_path: Path, max_services: int | None) -> None:
     valid = invalid = 0
-    for item in read_services(settings.input_file):
+    for item in read_services(input_path):
         if isinstance(item, BadLine):
             invalid += 1
             err(f"{settings.input_file}:{item.line}: {item.reason}")
@@ -328,12 +360,18 @@ def _count_services(path: Path, max_services: int | None) -> int | None:
 
 @contextlib.contextmanager
 def _progress_for(
-    engine: ProcessingEngine, context: RunContext, max_services: int | None, *, enabled: bool, json_logs: bool
+    engine: ProcessingEngine,
+    context: RunContext,
+    input_path: Path,
+    max_services: int | None,
+    *,
+    enabled: bool,
+    json_logs: bool,
 ) -> Iterator[None]:
     if not progress_wanted(sys.stderr, enabled=enabled, json_logs=json_logs):
         yield  # no display: do not read the input an extra time just to count it
         return
-    total = _count_services(context.settings.input_file, max_services)
+    total = _count_services(input_path, max_services)
     display = RunProgress(sys.stderr, total)
 
     def update(report: RunReport) -> None:
@@ -345,10 +383,10 @@ def _progress_for(
         yield
 
 
-def _estimate(context: RunContext, settings: Settings, max_services: int | None) -> None:
-    if not settings.input_file.exists():
+def _estimate(context: RunContext, settings: Settings, input_path: Path, max_services: int | None) -> None:
+    if not input_path.exists():
         raise InputError(f"input file {settings.input_file} does not exist")
-    services = _count_services(settings.input_file, max_services) or 0
+    services = _count_services(input_path, max_services) or 0
     rows = estimate_calls(context)
     total: Decimal | None = Decimal(0)
     typer.echo(f"estimate for {services} service(s) (no cache hits assumed):")

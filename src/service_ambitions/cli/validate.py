@@ -17,10 +17,12 @@ from service_ambitions.cli._common import (
     settings_from_flags,
 )
 from service_ambitions.content import loader
-from service_ambitions.errors import ContentError, ExitCode, ServiceAmbitionsError
+from service_ambitions.domain.output import ServiceEvolution
+from service_ambitions.errors import ContentError, InputError, ServiceAmbitionsError
 from service_ambitions.settings import Settings
 from service_ambitions.store.inputs import BadLine, read_services
 from service_ambitions.store.reader import iter_evolutions
+from service_ambitions.store.spool import spooled_input
 
 __all__ = ["validate"]
 
@@ -52,27 +54,73 @@ def _content_findings(settings: Settings) -> list[str]:
     return findings
 
 
+def _output_findings(output_file: Path, input_ids: list[str], *, allow_missing: bool) -> list[str]:
+    """What a consumer relies on: a header, one record per input service, none foreign, input order."""
+    findings: list[str] = []
+    position = {service_id: index for index, service_id in enumerate(input_ids)}
+    seen: set[str] = set()
+    last = -1
+    header = False
+    try:
+        for number, item in enumerate(iter_evolutions(output_file), start=1):
+            if not isinstance(item, ServiceEvolution):
+                header = True
+                continue
+            service_id = item.service.service_id
+            where = f"{output_file}:{number}"
+            if service_id in seen:
+                findings.append(f"{where}: service {service_id!r} appears more than once")
+            elif service_id not in position:
+                findings.append(f"{where}: service {service_id!r} is not in the input")
+            elif position[service_id] < last:
+                findings.append(f"{where}: service {service_id!r} is out of input order")
+            else:
+                last = position[service_id]
+            seen.add(service_id)
+    except ServiceAmbitionsError as exc:
+        return [*findings, str(exc)]
+    if not header:
+        return [f"{output_file}: empty file, no header line"]
+    missing = [service_id for service_id in input_ids if service_id not in seen]
+    if missing and not allow_missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        findings.append(f"{output_file}: {len(missing)} input service(s) have no record: {shown}")
+    return findings
+
+
 @exits
 def validate(
     input_file: Annotated[
         Path | None,
-        typer.Option("--input-file", help="Services JSONL file to check. [default: services.jsonl]"),
+        typer.Option(
+            "--input-file", help="Services JSONL file to check ('-' for stdin). [default: services.jsonl]"
+        ),
     ] = None,
     output_file: Annotated[
         Path | None,
-        typer.Option("--output-file", help="Also validate an existing output file against schema 1.1."),
+        typer.Option(
+            "--output-file",
+            help="Also check an output file: schema 1.1, a header, one record per input service, "
+            "none foreign or duplicated, in input order.",
+        ),
     ] = None,
+    allow_missing: Annotated[
+        bool,
+        typer.Option("--allow-missing", help="With --output-file: input services without a record are fine."),
+    ] = False,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     prompt_dir: PromptDirOption = None,
     roles_file: RolesFileOption = None,
 ) -> None:
-    """Check settings, content, catalogues and the input file; never calls a model.
+    """Check settings, content, catalogues and the input file (and an output); never calls a model.
 
     Every finding is listed with its file (and line); exit 0 when clean, 3 otherwise.
 
-    Example:
+    Examples:
         service-ambitions validate --input-file samples/services.jsonl
+
+        service-ambitions validate --input-file samples/services.jsonl --output-file evolutions.jsonl
     """
     findings: list[str] = []
     try:
@@ -80,27 +128,28 @@ def validate(
             config, input_file=input_file, data_dir=data_dir, prompt_dir=prompt_dir, roles_file=roles_file
         )
     except ServiceAmbitionsError as exc:
-        err(f"error: {exc}")
-        raise typer.Exit(int(ExitCode.INPUT)) from None
+        raise InputError(str(exc)) from None
     findings.extend(_content_findings(settings))
-    services = 0
+    input_ids: list[str] = []
     try:
-        for item in read_services(settings.input_file):
-            if isinstance(item, BadLine):
-                findings.append(f"{settings.input_file}:{item.line}: {item.reason}")
-            else:
-                services += 1
+        with spooled_input(settings.input_file) as input_path:
+            for item in read_services(input_path):
+                if isinstance(item, BadLine):
+                    findings.append(f"{settings.input_file}:{item.line}: {item.reason}")
+                else:
+                    input_ids.append(item.service.service_id)
     except ServiceAmbitionsError as exc:
         findings.append(str(exc))
     if output_file is not None:
-        try:
-            for _ in iter_evolutions(output_file):
-                pass
-        except ServiceAmbitionsError as exc:
-            findings.append(str(exc))
+        findings.extend(_output_findings(output_file, input_ids, allow_missing=allow_missing))
     for finding in findings:
         err(finding)
     if findings:
-        err(f"validate: {len(findings)} finding(s)")
-        raise typer.Exit(int(ExitCode.INPUT))
-    err(f"validate: ok ({services} service(s) in {settings.input_file}; content and settings valid)")
+        raise InputError(f"validate: {len(findings)} finding(s)")
+    if not input_ids:
+        err(f"warning: {settings.input_file} holds no services")
+    checked = f"; {output_file} matches it" if output_file is not None else ""
+    err(
+        f"validate: ok ({len(input_ids)} service(s) in {settings.input_file}{checked}; "
+        "content and settings valid)"
+    )

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import logging
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -25,14 +26,21 @@ from service_ambitions.engine.estimate import estimate_service_cost
 from service_ambitions.engine.pipeline import ServicePipeline, ServiceResult
 from service_ambitions.engine.problems import Problem
 from service_ambitions.engine.watchdog import Watchdog
-from service_ambitions.errors import PipelineError, QuarantineKind
+from service_ambitions.errors import (
+    BudgetExhausted,
+    MappingError,
+    ModelCallError,
+    PipelineError,
+    QuarantineKind,
+    ServiceAmbitionsError,
+)
 from service_ambitions.llm.cost import Reservation
 from service_ambitions.llm.providers import parse_model_id
 from service_ambitions.store.cache import cache_key
 from service_ambitions.store.inputs import BadLine, InputLine, file_digest, read_services
 from service_ambitions.store.quarantine import QuarantineStore, quarantine_dir_for
 from service_ambitions.store.resume import prepare_resume
-from service_ambitions.store.writer import OutputWriter
+from service_ambitions.store.writer import OutputWriter, discard_partial, partial_path_for, publish_partial
 
 __all__ = ["ProcessingEngine", "RunReport", "run_id_for"]
 
@@ -40,6 +48,10 @@ log = logging.getLogger("service_ambitions.engine")
 
 RECORD_FORMAT = 1
 """Bumped whenever assembly changes what a record holds for the same answers."""
+
+SYSTEMIC_FAILURE_LIMIT = 3
+"""Consecutive services failing the same systemic way (no connection, bad key, no quota) before the
+run stops admitting: one clear message instead of thousands of identical failures."""
 
 
 @dataclass
@@ -63,16 +75,19 @@ class RunReport:
     budget_exhausted: bool = False
     budget_warned: bool = False
     repaired_bytes: int = 0
+    completed: bool = False
+    """Every admitted service of the input was processed (no interrupt, budget or systemic stop)."""
+    systemic: str | None = None
+    """Why the run stopped early because every call failed alike (e.g. the server is unreachable)."""
+    written_to: Path | None = None
+    """Where the records are: the output, or ``<output>.partial`` when an earlier output was kept."""
+    services_seen: int = 0
 
 
 def run_id_for(input_digest: str, settings_digest: str, seed: int) -> str:
     """A run id derived from what the run is made of (reruns share it)."""
     basis = f"{input_digest}|{settings_digest}|{seed}"
     return hashlib.sha256(basis.encode()).hexdigest()[:16]
-
-
-class BudgetStop(Exception):
-    """Admission stopped: the budget would be crossed."""
 
 
 @dataclass
@@ -84,8 +99,10 @@ class _Slot:
 class ProcessingEngine:
     """Runs a batch: input file in, output file (+ quarantine) out."""
 
-    def __init__(self, context: RunContext) -> None:
+    def __init__(self, context: RunContext, *, debug: bool = False) -> None:
         self.context = context
+        self.debug = debug
+        self._systemic_streak: tuple[str, int, str] | None = None
         self.report: RunReport | None = None
         self.on_progress: Callable[[RunReport], None] | None = None
         self._pre_estimate: Decimal | None = None
@@ -178,22 +195,32 @@ class ProcessingEngine:
         )
         report = RunReport(run_id=run_id, output=output_path)
         header = self.header(input_digest, run_id)
-        quarantine = QuarantineStore(quarantine_dir_for(output_path), redact=self.context.redactor.redact_obj)
-        writer = OutputWriter(output_path)
+        partial = partial_path_for(output_path)
+        # A resume continues the run in progress: the partial output when a fresh run left one.
+        target = partial if resume and partial.exists() else output_path
+        redact = self.context.redactor.redact_obj
+        quarantine = QuarantineStore(quarantine_dir_for(target), redact=redact)
         skip: set[str] = set()
-        state = prepare_resume(output_path, header, quarantine) if resume else None
+        state = prepare_resume(target, header, quarantine) if resume else None
         if state is not None and state.header is not None:
+            writer = OutputWriter(target)
             skip = state.skip
             report.resumed = len(state.done)
             report.repaired_bytes = state.repaired_bytes
             writer.open_append()
             log.info(
                 "resuming %s: %d record(s) done, %d quarantined service(s) skipped",
-                output_path,
+                target,
                 len(state.done),
                 len(state.quarantined),
             )
         else:
+            # A fresh run never touches an existing output: it writes the partial file and renames
+            # it over the output at the end.
+            discard_partial(output_path)
+            target = partial
+            writer = OutputWriter(target)
+            quarantine = QuarantineStore(quarantine_dir_for(target), redact=redact)
             quarantine.reset()
             writer.start(header)
         self.watchdog.start(asyncio.get_running_loop())
@@ -205,12 +232,35 @@ class ProcessingEngine:
             # where their calls finished); every finished record was written before we got here.
             report.interrupted = True
             raise
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
         finally:
             self.watchdog.stop()
-            writer.close()
-            report.quarantined = quarantine.count()
-            report.wall_seconds = time.perf_counter() - started
+            try:
+                writer.close()
+            finally:
+                report.quarantined = quarantine.count()
+                report.wall_seconds = time.perf_counter() - started
+                report.written_to = self._settle(target, output_path, report)
+        if report.services_seen == 0 and not skip:
+            log.warning("input %s holds no services: the output has a header only", input_path)
         return report
+
+    @staticmethod
+    def _settle(target: Path, output: Path, report: RunReport) -> Path:
+        """Publish a partial output when the run is complete or there is no earlier output to keep."""
+        if target == output:
+            return output
+        if report.completed or not output.exists():
+            publish_partial(output)
+            return output
+        log.warning(
+            "the run did not complete: %s was kept as it was; this run's records are in %s "
+            "(run again with --resume to finish them)",
+            output,
+            target,
+        )
+        return target
 
     async def _process(
         self,
@@ -248,8 +298,10 @@ class ProcessingEngine:
                 slot.done = True
                 drain()
 
+        stopped = False
         async with asyncio.TaskGroup() as group:
             for item in read_services(input_path, redact=self.context.redactor.redact_obj):
+                report.services_seen += 1
                 if isinstance(item, BadLine):
                     self._bad_line(item, quarantine, report)
                     continue
@@ -258,21 +310,33 @@ class ProcessingEngine:
                     continue
                 if max_services is not None and scheduled >= max_services:
                     break
-                await capacity.acquire()
-                try:
-                    hold = self._admit_within_budget(item.service.service_id, report)
-                except BudgetStop:
-                    capacity.release()
+                admitted, hold = await self._admit(capacity, item.service.service_id, report)
+                if not admitted:
+                    stopped = True
                     break
                 slots[scheduled] = _Slot()
                 group.create_task(one(scheduled, item, hold))
                 scheduled += 1
+        report.completed = not stopped and report.systemic is None
+
+    async def _admit(
+        self, capacity: asyncio.Semaphore, service_id: str, report: RunReport
+    ) -> tuple[bool, Reservation | None]:
+        """Wait for capacity, then admit unless the run must stop (systemic failures, budget)."""
+        await capacity.acquire()
+        if report.systemic is None:
+            try:
+                return True, self._admit_within_budget(service_id, report)
+            except BudgetExhausted:
+                pass
+        capacity.release()
+        return False, None
 
     def _admit_within_budget(self, service_id: str, report: RunReport) -> Reservation | None:
         """Hold this service's estimated cost; stop admitting when the budget would be crossed.
 
         Raises:
-            BudgetStop: ``budget_mode: enforce`` and spent + in flight + this estimate exceeds it.
+            BudgetExhausted: ``budget_mode: enforce`` and spent + in flight + this estimate exceeds it.
         """
         budget = self.settings.run_budget_usd
         if budget is None:
@@ -290,7 +354,7 @@ class ProcessingEngine:
                     estimate.quantize(Decimal("0.0001")),
                     budget,
                 )
-                raise BudgetStop
+                raise BudgetExhausted(f"the ${budget} run budget is spent")
             if not report.budget_warned:
                 report.budget_warned = True
                 log.warning("budget: the run is about to pass its $%s budget (budget_mode: warn)", budget)
@@ -331,40 +395,27 @@ class ProcessingEngine:
                 self._store_result(key, result)
             else:
                 report.from_cache += 1
+            report.unknown_ids += result.unknown_ids
+            self._check_strict(
+                service_id, self._record_problems(service_id, item.line, result.problems, quarantine, report)
+            )
         except PipelineError as exc:
-            metrics = self.context.gateway.metrics
-            metrics.add(metrics.services, 1, {"outcome": "failed"})
-            report.services_failed += 1
-            report.failed_ids.append(service_id)
-            log.error("service %s failed at %s: %s", service_id, exc.stage, exc.message)
-            quarantine.add(
-                service_id=service_id,
-                stage=exc.stage or "pipeline",
-                kind=exc.kind,
-                error=str(exc),
-                payload=exc.payload,
-                run_id=report.run_id,
-                line=item.line,
-            )
+            self._failed(item, exc, quarantine, report)
             return None
-        report.unknown_ids += result.unknown_ids
-        fatal = self._record_problems(service_id, item.line, result.problems, quarantine, report)
-        if fatal:
-            metrics = self.context.gateway.metrics
-            metrics.add(metrics.services, 1, {"outcome": "failed"})
-            report.services_failed += 1
-            report.failed_ids.append(service_id)
-            log.error("service %s failed under --strict: %s", service_id, fatal[0].error)
-            quarantine.add(
+        except Exception as exc:
+            if self.debug:
+                raise
+            # A bug must cost one service, not the batch: quarantine it with its (redacted) traceback.
+            internal = PipelineError(
+                f"internal error: {type(exc).__name__}: {exc}",
                 service_id=service_id,
-                stage=fatal[0].stage,
-                kind=fatal[0].kind,
-                error=f"--strict: {len(fatal)} problem(s); first: {fatal[0].error}",
-                payload={"problems": [problem.error for problem in fatal]},
-                run_id=report.run_id,
-                line=item.line,
+                stage="pipeline",
+                kind=QuarantineKind.INTERNAL,
+                payload={"traceback": traceback.format_exception(exc)},
             )
+            self._failed(item, internal, quarantine, report)
             return None
+        self._systemic_streak = None
         report.services_ok += 1
         metrics = self.context.gateway.metrics
         metrics.add(metrics.services, 1, {"outcome": "ok"})
@@ -372,6 +423,58 @@ class ProcessingEngine:
             metrics.add(metrics.unknown_ids, result.unknown_ids)
         log.info("service %s finished", service_id, extra={"service_id": service_id})
         return result
+
+    @staticmethod
+    def _check_strict(service_id: str, fatal: list[Problem]) -> None:
+        """Under --strict, problems fail the service.
+
+        Raises:
+            MappingError: Naming the first problem; every problem is in the payload.
+        """
+        if fatal:
+            raise MappingError(
+                f"--strict: {len(fatal)} problem(s); first: {fatal[0].error}",
+                service_id=service_id,
+                stage=fatal[0].stage,
+                kind=fatal[0].kind,
+                payload={"problems": [problem.error for problem in fatal]},
+            )
+
+    def _failed(
+        self, item: InputLine, exc: PipelineError, quarantine: QuarantineStore, report: RunReport
+    ) -> None:
+        service_id = item.service.service_id
+        metrics = self.context.gateway.metrics
+        metrics.add(metrics.services, 1, {"outcome": "failed"})
+        report.services_failed += 1
+        report.failed_ids.append(service_id)
+        log.error("service %s failed at %s: %s", service_id, exc.stage, exc.message)
+        payload = exc.payload
+        systemic = exc.systemic if isinstance(exc, ModelCallError) else None
+        if systemic is not None:
+            payload = {"systemic": systemic, "answer": payload}
+        quarantine.add(
+            service_id=service_id,
+            stage=exc.stage or "pipeline",
+            kind=exc.kind,
+            error=str(exc),
+            payload=payload,
+            run_id=report.run_id,
+            line=item.line,
+        )
+        self._count_systemic(systemic, exc.message, report)
+
+    def _count_systemic(self, systemic: str | None, message: str, report: RunReport) -> None:
+        """Stop admitting after SYSTEMIC_FAILURE_LIMIT services in a row failed the same systemic way."""
+        if systemic is None:
+            self._systemic_streak = None
+            return
+        streak = self._systemic_streak
+        count = streak[1] + 1 if streak is not None and streak[0] == systemic else 1
+        self._systemic_streak = (systemic, count, message)
+        if count >= SYSTEMIC_FAILURE_LIMIT and report.systemic is None:
+            report.systemic = f"{count} services in a row failed the same way ({systemic}): {message}"
+            log.error("stopping: %s", report.systemic)
 
     def _record_problems(
         self,
@@ -401,3 +504,19 @@ class ProcessingEngine:
             if self.settings.strict:
                 fatal.append(problem)
         return fatal
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a failed task group: the tool's own error first, else the first one."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for exc in leaves:
+        if isinstance(exc, ServiceAmbitionsError):
+            return exc
+    return leaves[0]
