@@ -294,6 +294,59 @@ def test_patterns_recall(kind: str) -> None:
         assert out == "postgresql://alice:[REDACTED:url_password]@db.example.com:5432/app"
 
 
+GLUED_KINDS = sorted(set(TOKEN_KINDS) - {"jwt", "aws"})
+GLUES = ("ID-", "key_", "x", "Order7", "prefix-with-words-", "__")
+
+
+@pytest.mark.parametrize("kind", GLUED_KINDS)
+def test_keys_glued_to_the_text_before_them(kind: str) -> None:
+    redactor = Redactor()
+    for secret in token_canaries(random.Random(RNG_SEED))[kind]:
+        for glue in GLUES:
+            out = assert_hidden(redactor, f"sent {glue}{secret} twice", secret)
+            assert out == f"sent {glue}[REDACTED:{kind}] twice"  # the glue itself stays
+            assert_hidden(redactor, json.dumps({"note": f"{glue}{secret}"}), secret)
+
+
+def test_glued_examples_from_the_field() -> None:
+    redactor = Redactor()
+    rng = random.Random(11)
+    proj = f"sk-proj-abc123{chars(rng, URLSAFE, 60)}"
+    ant = f"sk-ant-api03-{chars(rng, URLSAFE, 93)}AA"
+    assert redactor.redact(f"ID-{proj}") == "ID-[REDACTED:openai]"
+    assert redactor.redact(f"key_{proj}.") == "key_[REDACTED:openai]."
+    assert redactor.redact(f"x{ant}") == "x[REDACTED:anthropic]"
+
+
+GLUED_LOOKALIKES = (
+    "task-management-and-planning-2024-review",
+    "risk-assessment-framework-v2-final-draft",
+    "desk-booking-service-for-Staff-members",
+    "ask-a-librarian-chat-service-2023-Pilot",
+    "disk-usage-report-for-q3-2024-quarterly",
+    "mask_detection-model-v3-weights-final-2",
+    "pdf_hf_export_20240101_final_version_two",
+    "ringsk_monitoring_dashboard_v2_release",
+    "SVC-TASK-001-sk-ADMISSIONS-OFFER-2024-OK",
+    "boxoxb-shipping-label-printer-queue-42",
+    "iPhone-mask-Edition-2024-task-runner",
+)
+
+
+def test_glued_lookalikes_stay_visible() -> None:
+    redactor = Redactor()
+    for text in GLUED_LOOKALIKES:
+        assert redactor.redact(text) == text
+        assert redactor.redact(f"feature {text}: see below") == f"feature {text}: see below"
+
+
+def test_glued_prefixes_scan_in_linear_time() -> None:
+    # Every "sk-" starts a glued candidate; the bounded look-aheads keep this from being quadratic
+    # (unbounded ones would look at the whole run from each of the 100,000 starts).
+    text = "x" + "sk-" * 100_000 + "abcdefABCDEF"
+    assert Redactor().redact(text) == text
+
+
 def test_env_secrets_and_names() -> None:
     redactor = Redactor.from_environment(
         {

@@ -319,9 +319,9 @@ def _raise_for_outcome(settings: Settings, report: RunReport) -> None:
         )
     if report.systemic is not None:
         raise SystemicFailure(f"stopped early: {report.systemic}; fix the cause and run again with --resume")
-    if report.services_failed:
+    if report.without_record:
         raise RunFailures(
-            f"{report.services_failed} service(s) have no record (quarantined); "
+            f"{report.without_record} service(s) have no record (quarantined); "
             f"see: service-ambitions quarantine ls --output-file {settings.output_file}"
         )
     if settings.fail_on_quarantine and report.quarantined:
@@ -349,12 +349,21 @@ def _plan(context: RunContext, settings: Settings, input_path: Path, max_service
 
 
 def _count_services(path: Path, max_services: int | None) -> int | None:
-    """Non-blank lines of the input, streamed (for the progress bar and the estimate)."""
+    """Lines of the input, counted in fixed-size blocks (for the progress bar and the estimate).
+
+    Blank lines are counted too: an upper bound is fine for a progress bar, and this never holds
+    more than one block however long a line is.
+    """
+    count = 0
+    last = b"\n"
     try:
         with path.open("rb") as handle:
-            count = sum(1 for line in handle if line.strip())
+            while block := handle.read(1 << 20):
+                count += block.count(b"\n")
+                last = block[-1:]
     except OSError:
         return None
+    count += last != b"\n"  # a last line without a newline
     return min(count, max_services) if max_services is not None else count
 
 

@@ -82,6 +82,13 @@ class RunReport:
     written_to: Path | None = None
     """Where the records are: the output, or ``<output>.partial`` when an earlier output was kept."""
     services_seen: int = 0
+    skipped_failed: int = 0
+    """Services a resume skipped because an earlier run quarantined them without a record."""
+
+    @property
+    def without_record(self) -> int:
+        """Services of this output that have no record: failed now, or skipped as failed before."""
+        return self.services_failed + self.skipped_failed
 
 
 def run_id_for(input_digest: str, settings_digest: str, seed: int) -> str:
@@ -206,6 +213,7 @@ class ProcessingEngine:
             writer = OutputWriter(target)
             skip = state.skip
             report.resumed = len(state.done)
+            report.skipped_failed = len(state.quarantined)
             report.repaired_bytes = state.repaired_bytes
             writer.open_append()
             log.info(

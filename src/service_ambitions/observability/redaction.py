@@ -3,7 +3,8 @@
 One :class:`Redactor` is built per run (``Redactor.from_environment(os.environ)``) and handed down;
 there is no module-level instance. All built-in rules are compiled into one alternation, so a string
 is scanned once; every rule is anchored on a literal prefix or a word boundary and uses possessive
-quantifiers, so the scan stays linear in the length of the text.
+quantifiers or bounded look-aheads, so the scan stays linear in the length of the text. Provider keys
+are also found glued to the text before them (``ID-sk-proj-...``) when they look random.
 
 A match is replaced by ``[REDACTED:<kind>]``. Rules that hold a label (``Authorization: Bearer``,
 ``api_key=``, ``scheme://user:``) keep the label and hide only the secret part.
@@ -60,6 +61,31 @@ _ANYWHERE_RULES: tuple[tuple[str, str], ...] = (
         r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----(?s:.*?-----END[A-Z0-9 ]*PRIVATE KEY-----|.*)",
     ),
 )
+# Provider keys: (kind, literal prefix, body). A longer prefix sharing a start ("sk-ant-", "sk-") comes first.
+_VENDOR_KEYS: tuple[tuple[str, str, str], ...] = (
+    ("anthropic", "sk-ant-", r"[A-Za-z0-9_-]{20,}+"),
+    ("openrouter", "sk-or-", r"[A-Za-z0-9_-]{20,}+"),
+    ("openai", "sk-", r"[A-Za-z0-9_-]{20,}+"),
+    ("groq", "gsk_", r"[A-Za-z0-9]{20,}+"),
+    ("google", "AIza", r"[A-Za-z0-9_-]{30,}+"),
+    ("github", "gh[pousr]_", r"[A-Za-z0-9]{30,}+"),
+    ("github", "github_pat_", r"[A-Za-z0-9_]{30,}+"),
+    ("slack", "xox[abposr]-", r"[A-Za-z0-9-]{10,}+"),
+    ("logfire", "pylf_", r"[A-Za-z0-9_]{20,}+"),
+    ("huggingface", "hf_", r"[A-Za-z0-9]{30,}+"),
+)
+# A key glued to the text before it ("ID-sk-proj-...", "key_sk-...", "xsk-ant-...") has no token start to
+# anchor on, so its body must also look random: a digit and a lower-to-upper case change within its first
+# 64 characters. Glued words ("task-management-2024", "risk-based-Review") lack one or the other; random
+# text that happens to hold a prefix (URL-safe base64) is hidden too, which is rare and harmless. The
+# look-aheads are bounded, so the scan stays linear. OpenRouter keys are lowercase hex, with a version.
+_RANDOM_BODY = r"(?=[A-Za-z0-9_-]{0,64}?[0-9])(?=[A-Za-z0-9_-]{0,64}?[a-z][A-Z])"
+_GLUED_BODY = {"openrouter": r"(?=v1-[0-9a-f]{64})"}
+# One look-ahead for any prefix before trying the glued rules one by one (most positions fail it).
+_GLUED_START = "(?=" + "|".join(prefix for _, prefix, _ in _VENDOR_KEYS) + ")"
+_GLUED_RULES: tuple[tuple[str, str], ...] = tuple(
+    (kind, prefix + _GLUED_BODY.get(kind, _RANDOM_BODY) + body) for kind, prefix, body in _VENDOR_KEYS
+)
 # These only start where a token starts (one shared look-behind, checked once per position), and
 # their leading runs are possessive: each character is looked at a bounded number of times.
 _TOKEN_RULES: tuple[tuple[str, str], ...] = (
@@ -93,16 +119,8 @@ _TOKEN_RULES: tuple[tuple[str, str], ...] = (
         r"[^\s,;&'\"`<>(){}\[\]\\]+))",
     ),
     ("jwt", r"eyJ[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]*+"),
-    ("anthropic", r"sk-ant-[A-Za-z0-9_-]{20,}+"),
-    ("openrouter", r"sk-or-[A-Za-z0-9_-]{20,}+"),
-    ("openai", r"sk-[A-Za-z0-9_-]{20,}+"),
-    ("groq", r"gsk_[A-Za-z0-9]{20,}+"),
-    ("google", r"AIza[A-Za-z0-9_-]{30,}+"),
+    *((kind, prefix + body) for kind, prefix, body in _VENDOR_KEYS),
     ("aws", r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
-    ("github", r"(?:gh[pousr]_[A-Za-z0-9]{30,}+|github_pat_[A-Za-z0-9_]{30,}+)"),
-    ("slack", r"xox[abposr]-[A-Za-z0-9-]{10,}+"),
-    ("logfire", r"pylf_[A-Za-z0-9_]{20,}+"),
-    ("huggingface", r"hf_[A-Za-z0-9]{30,}+"),
     (
         "bearer",
         r"(?:Bearer|bearer|BEARER)[ \t]+(?P<s>"
@@ -191,6 +209,8 @@ class Redactor:
         alternatives = [self._alternative(kind, pattern) for kind, pattern in _ANYWHERE_RULES]
         on_token = [self._alternative(kind, pattern) for kind, pattern in _TOKEN_RULES]
         alternatives.append(_B + "(?:" + "|".join(on_token) + ")")
+        glued = [self._alternative(kind, pattern) for kind, pattern in _GLUED_RULES]
+        alternatives.append(_GLUED_START + "(?:" + "|".join(glued) + ")")
         self._combined = re.compile("|".join(alternatives))
         self._extra = tuple(self._compile_extra(pattern, source) for pattern in extra_patterns)
 

@@ -29,11 +29,13 @@ def readable_input(path: Path) -> Path:
     return Path("/dev/stdin") if path == STDIN else path
 
 
-def _is_regular(path: Path) -> bool:
+def _is_stream(path: Path) -> bool:
+    """A FIFO, pipe, socket or character device: readable once. Anything else the reader handles."""
     try:
-        return stat.S_ISREG(path.stat().st_mode)
+        mode = path.stat().st_mode
     except OSError:
-        return True  # let the reader report the missing or unreadable file with its own message
+        return False  # let the reader report the missing or unreadable file with its own message
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
 
 
 @contextlib.contextmanager
@@ -44,7 +46,7 @@ def spooled_input(path: Path) -> Iterator[Path]:
         InputError: The stream cannot be read or the copy cannot be written.
     """
     source = readable_input(path)
-    if path != STDIN and _is_regular(source):
+    if path != STDIN and not _is_stream(source):
         yield source
         return
     name = "standard input" if path == STDIN else str(path)
