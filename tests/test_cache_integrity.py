@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import random
 import shutil
@@ -11,6 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from service_ambitions.store.cache import ResponseCache, cache_key
 from tests.conftest import SAMPLES
@@ -152,3 +156,190 @@ def test_two_processes_share_a_cache(isolated: Path) -> None:
     assert sqlite3.connect(isolated / "shared" / "manifest.sqlite3").execute(
         "PRAGMA integrity_check"
     ).fetchone() == ("ok",)
+
+
+# Robustness: an unusable manifest, payload paths that are directories, directories that are no cache ---
+
+
+def _foreign_db(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE users (id INTEGER, name TEXT)")
+    db.commit()
+    db.close()
+
+
+def _foreign_entries(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE entries (id INTEGER, body TEXT)")
+    db.commit()
+    db.close()
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(bytes(range(256)) * 8)
+
+
+def _text(path: Path) -> None:
+    path.write_text("not a database\n", encoding="utf-8")
+
+
+def _directory(path: Path) -> None:
+    path.mkdir()
+    (path / "inside.txt").write_text("x", encoding="utf-8")
+
+
+BAD_MANIFESTS: dict[str, Callable[[Path], None]] = {
+    "garbage": _garbage,
+    "text": _text,
+    "directory": _directory,
+    "foreign_db": _foreign_db,
+    "foreign_entries": _foreign_entries,
+}
+
+
+def _spoil_manifest(cache_dir: Path, kind: str) -> bytes | None:
+    """Replace the manifest with something unusable; return its bytes (None for a directory)."""
+    manifest = cache_dir / "manifest.sqlite3"
+    for path in cache_dir.glob("manifest.sqlite3*"):
+        path.unlink()
+    BAD_MANIFESTS[kind](manifest)
+    return None if manifest.is_dir() else manifest.read_bytes()
+
+
+def _snapshot(directory: Path) -> dict[str, bytes | None]:
+    return {
+        str(path.relative_to(directory)): None if path.is_dir() else path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_MANIFESTS))
+def test_unusable_manifest_is_a_finding_and_a_run_replaces_it(cli: Cli, isolated: Path, kind: str) -> None:
+    shutil.copy(SAMPLES, isolated / "services.jsonl")
+    assert cli("run", "--cache-dir", "c", "--max-services", "1").exit_code == 0
+    before = _spoil_manifest(isolated / "c", kind)
+    untouched = _snapshot(isolated / "c")
+
+    validated = cli("cache", "validate", "--cache-dir", "c")
+    assert validated.exit_code == 5
+    first = validated.stdout.splitlines()[0].split("\t")
+    assert first[:2] == ["bad_manifest", str(Path("c") / "manifest.sqlite3")]
+    assert "`cache purge` rebuilds it" in first[2]
+    assert "error: cache validate:" in validated.stderr
+    dry = cli("cache", "purge", "--cache-dir", "c", "--all", "--dry-run")
+    assert dry.exit_code == 0
+    assert "would start a fresh one" in dry.stderr
+    assert _snapshot(isolated / "c") == untouched  # neither command changed anything
+
+    ran = cli("run", "--cache-dir", "c", "--max-services", "1", "--output-file", "again.jsonl")
+    assert ran.exit_code == 0, ran.stderr
+    warnings = [line for line in ran.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1
+    assert "c/manifest.sqlite3" in warnings[0]
+    assert "moved it to c/manifest.sqlite3.corrupt-1" in warnings[0]
+    aside = isolated / "c" / "manifest.sqlite3.corrupt-1"
+    assert aside.is_dir() if before is None else aside.read_bytes() == before
+    assert (isolated / "again.jsonl").read_bytes() == (isolated / "evolutions.jsonl").read_bytes()
+    assert cli("cache", "validate", "--cache-dir", "c").exit_code == 0  # the run rewrote what it used
+    second = cli("run", "--cache-dir", "c", "--max-services", "1", "--output-file", "third.jsonl")
+    assert "WARNING" not in second.stderr
+    assert "records from cache: 1" in second.stderr
+
+
+def test_purge_rebuilds_an_unusable_manifest(cli: Cli, isolated: Path) -> None:
+    shutil.copy(SAMPLES, isolated / "services.jsonl")
+    assert cli("run", "--cache-dir", "c", "--max-services", "1").exit_code == 0
+    before = _spoil_manifest(isolated / "c", "garbage")
+    trimmed = cli("cache", "purge", "--cache-dir", "c", "--older-than", "30d")
+    assert trimmed.exit_code == 0
+    assert "moved it to c/manifest.sqlite3.corrupt-1 and started a fresh one" in trimmed.stderr
+    assert trimmed.stdout.startswith("removed 0 entries")
+    assert "22 stray file(s)" in trimmed.stdout  # the payloads nothing vouches for any more
+    assert (isolated / "c" / "manifest.sqlite3.corrupt-1").read_bytes() == before
+    assert cli("cache", "validate", "--cache-dir", "c").exit_code == 0
+
+    _spoil_manifest(isolated / "c", "directory")
+    everything = cli("cache", "purge", "--cache-dir", "c", "--all")
+    assert everything.exit_code == 0
+    assert "is a directory" in everything.stderr
+    assert "removed it and started a fresh one" in everything.stderr
+    assert sorted(path.name for path in (isolated / "c").iterdir()) == ["entries", "manifest.sqlite3"]
+    assert cli("cache", "validate", "--cache-dir", "c").exit_code == 0
+    assert cli("run", "--cache-dir", "c", "--max-services", "1", "--output-file", "b.jsonl").exit_code == 0
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_a_directory_at_a_payload_path_is_a_finding_and_a_miss(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path / "cache")
+    keys = fill(cache, 3)
+    blocked = cache.path_for(keys[0])
+    blocked.unlink()
+    blocked.mkdir()
+    (blocked / "x.json").write_text("{}", encoding="utf-8")
+    stray = cache.path_for("f" * 64)
+    stray.mkdir(parents=True)
+    findings = {(finding.kind, finding.path) for finding in cache.validate()}
+    assert findings == {("not_a_file", blocked), ("not_a_file", stray)}
+
+    assert cache.get(keys[0]) is None
+    assert (cache.stats.corrupt, cache.stats.misses) == (1, 1)
+    assert cache.get(keys[1]) is not None
+    records = Records()
+    logging.getLogger("service_ambitions.cache").addHandler(records)
+    try:
+        cache.put(keys[0], {"output": "new"})  # cannot be stored; not a crash either
+    finally:
+        logging.getLogger("service_ambitions.cache").removeHandler(records)
+    assert records.messages == [
+        f"cache: {blocked} is a directory, not a payload file; not caching this answer"
+    ]
+    assert cache.get(keys[0]) is None
+
+    result = cache.purge(older_than=10**9)
+    assert (result.entries, result.files) == (0, 2)
+    assert not blocked.exists()
+    assert not stray.exists()
+    assert cache.validate() == []
+    cache.put(keys[0], {"output": "new"})
+    assert cache.get(keys[0]) == {"output": "new"}
+
+
+def test_cache_commands_refuse_what_is_not_a_cache(cli: Cli, isolated: Path) -> None:
+    (isolated / "empty").mkdir()
+    (isolated / "other").mkdir()
+    (isolated / "other" / "notes.txt").write_text("mine\n", encoding="utf-8")
+    (isolated / "afile").write_text("x\n", encoding="utf-8")
+    expected = {
+        "missing": "no cache at missing: the directory does not exist (`run` creates it)",
+        "empty": "no cache at empty: the directory is empty (`run` creates it)",
+        "other": "other is not a service-ambitions cache (no manifest.sqlite3)",
+        "afile": "afile is not a service-ambitions cache: it is a file, not a directory",
+    }
+    for directory, message in expected.items():
+        for command in (("validate",), ("purge", "--all")):
+            result = cli("cache", *command, "--cache-dir", directory)
+            assert (result.exit_code, result.stdout, result.stderr) == (2, "", f"error: {message}\n")
+    assert not (isolated / "missing").exists()
+    assert list((isolated / "empty").iterdir()) == []
+    assert [path.name for path in (isolated / "other").iterdir()] == ["notes.txt"]
+
+
+def test_a_cache_with_its_manifest_deleted_is_reported(cli: Cli, isolated: Path) -> None:
+    shutil.copy(SAMPLES, isolated / "services.jsonl")
+    assert cli("run", "--cache-dir", "c", "--max-services", "1").exit_code == 0
+    for path in (isolated / "c").glob("manifest.sqlite3*"):
+        path.unlink()
+    result = cli("cache", "validate", "--cache-dir", "c", "--json")
+    assert result.exit_code == 5
+    first = json.loads(result.stdout.splitlines()[0])
+    assert first["kind"] == "bad_manifest"
+    assert "is missing" in first["detail"]
+    assert not (isolated / "c" / "manifest.sqlite3").exists()

@@ -5,13 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service_ambitions import __version__
+from service_ambitions import __version__, _build
 from service_ambitions.content.loader import Content, load_content
 from service_ambitions.llm._names import is_offline
 from service_ambitions.llm.gateway import Gateway
@@ -27,16 +25,11 @@ __all__ = ["RunContext", "build_context", "git_sha", "settings_digest"]
 
 
 def git_sha() -> str | None:
-    """The commit of the tool's source tree, when it runs from a git checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        completed = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    sha = completed.stdout.strip()
-    return sha if completed.returncode == 0 and len(sha) == 40 else None
+    """The commit the tool was built from (build metadata, or this project's own checkout), else None.
+
+    Never the repository of the current directory or of ``GIT_DIR``: the record-cache key includes it.
+    """
+    return _build.git_sha()
 
 
 def settings_digest(settings: Settings, content: Content) -> str:

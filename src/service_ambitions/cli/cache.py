@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -10,7 +11,7 @@ import typer
 
 from service_ambitions._units import parse_duration, parse_size
 from service_ambitions.cli._common import ConfigOption, err, exits, settings_from_flags
-from service_ambitions.errors import ExitCode, UsageError
+from service_ambitions.errors import IntegrityError, UsageError
 
 if TYPE_CHECKING:
     from service_ambitions.store.cache import ResponseCache
@@ -30,12 +31,11 @@ CacheDirOption = Annotated[
 
 
 def _open(config: Path | None, cache_dir: Path | None) -> ResponseCache:
+    """The existing cache the flags name; never creates one."""
     from service_ambitions.store.cache import ResponseCache  # noqa: PLC0415
 
     settings = settings_from_flags(config, cache_dir=cache_dir)
-    if not settings.cache_dir.is_dir():
-        raise UsageError(f"cache directory {settings.cache_dir} does not exist")
-    return ResponseCache(settings.cache_dir, mode="read")
+    return ResponseCache.existing(settings.cache_dir)
 
 
 @cache_app.command("validate")
@@ -47,7 +47,9 @@ def validate(
 ) -> None:
     """Verify every cache entry against its SHA-256; list corrupt, missing, orphan and temp files.
 
-    Findings go to stdout (one per line); exit 0 when clean, 5 when there is any finding.
+    Findings go to stdout (one per line); exit 0 when clean, 5 when there is any finding (an unusable
+    manifest.sqlite3 is one: `cache purge` rebuilds it). Changes nothing. Exit 2 when there is no cache at
+    the directory: it does not exist, is empty, is a file, or holds other files but no manifest.sqlite3.
 
     Example:
         service-ambitions cache validate --cache-dir ~/.cache/service-ambitions
@@ -64,9 +66,9 @@ def validate(
             )
         else:
             typer.echo(f"{finding.kind}\t{finding.path}\t{finding.detail}")
-    err(f"cache validate: {len(findings)} finding(s) in {cache.directory}")
     if findings:
-        raise typer.Exit(int(ExitCode.INTEGRITY))
+        raise IntegrityError(f"cache validate: {len(findings)} finding(s) in {cache.directory}")
+    err(f"cache validate: 0 finding(s) in {cache.directory}")
 
 
 @cache_app.command("purge")
@@ -88,6 +90,10 @@ def purge(
 ) -> None:
     """Remove old or excess cache entries (corrupt entries and stray files are always removed).
 
+    An unusable manifest.sqlite3 is replaced by a fresh one (deleted under --all, else moved aside to
+    manifest.sqlite3.corrupt-<n>); the payloads it described are then removed as orphans. Exit 2 when
+    there is no cache at the directory (as for `cache validate`).
+
     Examples:
         service-ambitions cache purge --older-than 30d
 
@@ -102,6 +108,14 @@ def purge(
         raise UsageError(str(exc)) from None
     cache = _open(config, cache_dir)
     try:
+        problem = cache.manifest_problem
+        if problem is not None and dry_run:
+            err(f"cache purge: the manifest {cache.manifest_path} {problem}; would start a fresh one")
+        elif problem is not None:
+            existed = os.path.lexists(cache.manifest_path)
+            moved = cache.rebuild_manifest(keep_old=not everything)
+            fate = f"moved it to {moved} and " if moved else "removed it and " if existed else ""
+            err(f"cache purge: the manifest {cache.manifest_path} {problem}; {fate}started a fresh one")
         result = cache.purge(older_than=age, max_size=size, everything=everything, dry_run=dry_run)
     finally:
         cache.close()

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from service_ambitions.cli._common import err, exits
-from service_ambitions.errors import UsageError
-from service_ambitions.store.quarantine import QuarantineStore, quarantine_dir_for
+from service_ambitions.cli._common import err, exits, setup_logging
+from service_ambitions.errors import InputError, UsageError
+from service_ambitions.store.quarantine import QuarantineStore, matching, quarantine_dir_for
 
 __all__ = ["quarantine_app"]
 
@@ -27,7 +27,16 @@ OutputOption = Annotated[
 
 
 def _store(output_file: Path) -> QuarantineStore:
-    return QuarantineStore(quarantine_dir_for(output_file))
+    """The quarantine of ``output_file``; warnings (files that are not entries) go to stderr.
+
+    Raises:
+        InputError: Neither the output file nor its quarantine directory exists (a mistyped path).
+    """
+    setup_logging()
+    directory = quarantine_dir_for(output_file)
+    if not output_file.exists() and not directory.exists():
+        raise InputError(f"output file {output_file} does not exist (nor its quarantine {directory})")
+    return QuarantineStore(directory)
 
 
 @quarantine_app.command("ls")
@@ -37,6 +46,9 @@ def ls(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """List entries: id, service, stage, kind and error.
+
+    Files in the quarantine directory that are not entries are named in a warning and skipped. Exit 3
+    when the output file does not exist (and has no quarantine directory).
 
     Example:
 
@@ -58,7 +70,10 @@ def show(
     entry_id: Annotated[str, typer.Argument(help="Entry id (or a unique prefix).")],
     output_file: OutputOption = Path("evolutions.jsonl"),
 ) -> None:
-    """Print one entry in full, payload included (JSON)."""
+    """Print one entry in full, payload included (JSON).
+
+    Exit 2 when no entry matches or the prefix is ambiguous, 3 when the output file does not exist.
+    """
     entry = _store(output_file).get(entry_id)
     if entry is None:
         raise UsageError(f"no quarantine entry {entry_id!r} (or the prefix is ambiguous) for {output_file}")
@@ -77,6 +92,9 @@ def rm(
 ) -> None:
     """Remove entries; `run --resume` then processes those services again.
 
+    All or nothing: when an id matches no entry (or several), or a --service has none, nothing is removed
+    and each is named (exit 2). Exit 3 when the output file does not exist (and has no quarantine).
+
     Examples:
 
         service-ambitions quarantine rm 3f2a9c1b0d4e
@@ -88,15 +106,22 @@ def rm(
     if not (entry_ids or service or everything):
         raise UsageError("say what to remove: entry ids, --service S or --all")
     store = _store(output_file)
-    removed = 0
-    if everything:
-        for entry in list(store.entries()):
-            removed += store.remove(entry.id)
+    entries = list(store.entries())
+    chosen = {entry.id: entry for entry in entries} if everything else {}
+    problems: list[str] = []
     for service_id in service or []:
-        for entry in [entry for entry in store.entries() if entry.service_id == service_id]:
-            removed += store.remove(entry.id)
+        of_service = [entry for entry in entries if entry.service_id == service_id]
+        if not of_service:
+            problems.append(f"no entries for service {service_id!r}")
+        chosen.update((entry.id, entry) for entry in of_service)
     for entry_id in entry_ids or []:
-        if not store.remove(entry_id):
-            raise UsageError(f"no quarantine entry {entry_id!r} (or an ambiguous prefix) for {output_file}")
-        removed += 1
+        matches = matching(entries, entry_id)
+        if len(matches) == 1:
+            chosen[matches[0].id] = matches[0]
+        else:
+            problems.append(f"{'ambiguous prefix' if matches else 'no entry'} {entry_id!r}")
+    if problems:
+        # All or nothing: a typo must not leave the quarantine half cleared.
+        raise UsageError(f"removed nothing from the quarantine of {output_file}: " + "; ".join(problems))
+    removed = store.discard(list(chosen.values()))
     typer.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'}")

@@ -9,26 +9,58 @@ Every read is verified against the manifest's SHA-256: a mismatch (or a missing 
 counted as ``corrupt`` and treated as a miss, never served. Payload files are written atomically
 (temp file + rename) but not fsynced: a torn payload after a power cut fails verification and is
 simply recomputed, so per-entry fsync would cost throughput for no safety.
+
+A manifest that cannot be used (not a SQLite database, another program's database, a directory at its
+path) never stops a run: it is moved aside to ``manifest.sqlite3.corrupt-<n>`` with one warning and a fresh
+manifest is started; the payloads it described become orphans that ``cache purge`` removes. The
+maintenance commands open the cache with ``bad_manifest="report"`` instead, which changes nothing on disk.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
+import logging
+import os
+import shutil
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from service_ambitions.errors import UsageError
 from service_ambitions.store._atomic import TEMP_SUFFIX, atomic_write_bytes
 
-__all__ = ["CACHE_FORMAT_VERSION", "CacheStats", "Finding", "PurgeResult", "ResponseCache", "cache_key"]
+__all__ = [
+    "CACHE_FORMAT_VERSION",
+    "MANIFEST",
+    "CacheStats",
+    "Finding",
+    "PurgeResult",
+    "ResponseCache",
+    "cache_key",
+]
+
+log = logging.getLogger("service_ambitions.cache")
 
 CACHE_FORMAT_VERSION = 1
+MANIFEST = "manifest.sqlite3"
 CacheMode = Literal["off", "read", "refresh", "write"]
+BadManifest = Literal["set_aside", "report"]
+_COLUMNS = ["key", "sha256", "size", "created", "accessed"]
+_SIDECARS = ("-wal", "-shm", "-journal")
+# SQLite result codes that mean "this file is not a sound database", as opposed to busy, locked or
+# read-only (a directory at the path is caught before SQLite sees it).
+_DAMAGED = {"SQLITE_NOTADB", "SQLITE_CORRUPT"}
+# Findings whose manifest entry can never be served, so purge drops it.
+_BROKEN = {"hash_mismatch", "missing_payload", "not_a_file", "unreadable_payload"}
+# Findings that are files (or directories) on disk without a usable entry, so purge deletes them.
+_STRAY = {"orphan_file", "temp_file", "not_a_file"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,
@@ -64,12 +96,86 @@ class CacheStats:
     evictions: int = 0
 
 
+def _manifest_problem(path: Path, *, thorough: bool) -> str | None:
+    """Why the manifest at ``path`` cannot be used, or ``None`` (also when there is none yet).
+
+    ``thorough`` adds SQLite's full integrity check (for ``cache validate``; a run relies on the cheap
+    checks and on verifying every payload it reads).
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a SQLite manifest"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file"
+    try:
+        db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        return _damage(exc)
+    try:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "entries" in tables:
+            columns = [row[1] for row in db.execute("PRAGMA table_info(entries)")]
+            if columns != _COLUMNS:
+                return f"is a SQLite database with a foreign 'entries' table (columns: {', '.join(columns)})"
+        elif tables - {"sqlite_sequence", "sqlite_stat1"}:
+            return f"is another program's SQLite database (tables: {', '.join(sorted(tables))})"
+        if thorough:
+            result = [row[0] for row in db.execute("PRAGMA integrity_check(5)")]
+            if result != ["ok"]:
+                return f"is a damaged SQLite database ({'; '.join(result)})"
+    except sqlite3.Error as exc:
+        return _damage(exc)
+    finally:
+        db.close()
+    return None
+
+
+def _damage(exc: sqlite3.Error) -> str:
+    """Describe damage, or re-raise an error that says nothing about the file (busy, locked, ...)."""
+    if getattr(exc, "sqlite_errorname", None) not in _DAMAGED:
+        raise exc
+    return f"is not a usable SQLite database ({exc})"
+
+
+def _set_aside(path: Path) -> Path | None:
+    """Rename ``path`` (and its journal files) to the first free ``<name>.corrupt-<n>``.
+
+    Returns ``None`` when ``path`` is gone already (another process sharing the cache moved it).
+    """
+    for number in itertools.count(1):
+        target = path.with_name(f"{path.name}.corrupt-{number}")
+        if not target.exists() and not target.is_symlink():
+            break
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:
+        return None
+    # A stale write-ahead log next to a fresh manifest would be replayed into it.
+    for suffix in _SIDECARS:
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path.with_name(path.name + suffix), target.with_name(target.name + suffix))
+    return target
+
+
+def _delete(path: Path) -> None:
+    """Remove a file or a directory tree; gone already is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 @dataclass(frozen=True)
 class Finding:
     """One integrity problem found by :meth:`ResponseCache.validate`."""
 
     kind: str
-    """``hash_mismatch``, ``missing_payload``, ``orphan_file`` or ``temp_file``."""
+    """``bad_manifest``, ``hash_mismatch``, ``missing_payload``, ``not_a_file``, ``unreadable_payload``,
+    ``orphan_file`` or ``temp_file``."""
     path: Path
     detail: str
 
@@ -94,13 +200,31 @@ class ResponseCache:
         max_bytes: int = 0,
         ttl_seconds: float = 0.0,
         clock: Callable[[], float] = time.time,
+        bad_manifest: BadManifest = "set_aside",
     ) -> None:
+        """Open (creating when missing) the cache in ``directory``.
+
+        Args:
+            directory: The cache directory.
+            mode: ``off`` opens nothing.
+            max_bytes: LRU cap on the payload bytes (0: none).
+            ttl_seconds: Entries older than this are misses (0: never).
+            clock: Time source (tests inject one).
+            bad_manifest: ``set_aside`` moves an unusable manifest aside with a warning and starts a fresh
+                one (runs); ``report`` leaves it alone, records why in :attr:`manifest_problem` and works on
+                an empty in-memory manifest, so :meth:`validate` reports it (maintenance commands).
+
+        Raises:
+            UsageError: The manifest cannot be opened for another reason (locked, read-only, ...).
+        """
         self.directory = directory
         self.mode = mode
         self.max_bytes = max_bytes
         self.ttl_seconds = ttl_seconds
         self.clock = clock
         self.stats = CacheStats()
+        self.manifest_problem: str | None = None
+        """Why the manifest on disk cannot be used (``bad_manifest="report"`` only)."""
         self._db: sqlite3.Connection | None = None
         self._total_bytes = 0
         # Last-access times of hits, written in batches: one transaction per hit would make the
@@ -108,17 +232,98 @@ class ResponseCache:
         self._touched: dict[str, float] = {}
         self._last_flush = clock()
         if mode != "off":
-            self._open()
+            self._open(bad_manifest)
 
-    def _open(self) -> None:
-        (self.directory / "entries").mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.directory / "manifest.sqlite3", timeout=30.0, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=30000")
-        db.executescript(_SCHEMA)
+    @classmethod
+    def existing(cls, directory: Path, *, clock: Callable[[], float] = time.time) -> ResponseCache:
+        """Open a cache that must already exist, for inspection (an unusable manifest is reported).
+
+        Raises:
+            UsageError: ``directory`` is missing, empty, a file, or holds something other than a cache.
+        """
+        if not directory.exists():
+            raise UsageError(f"no cache at {directory}: the directory does not exist (`run` creates it)")
+        if not directory.is_dir():
+            raise UsageError(f"{directory} is not a service-ambitions cache: it is a file, not a directory")
+        manifest = directory / MANIFEST
+        if not (manifest.exists() or manifest.is_symlink() or (directory / "entries").is_dir()):
+            if next(directory.iterdir(), None) is None:
+                raise UsageError(f"no cache at {directory}: the directory is empty (`run` creates it)")
+            raise UsageError(f"{directory} is not a service-ambitions cache (no {MANIFEST})")
+        return cls(directory, mode="read", clock=clock, bad_manifest="report")
+
+    @property
+    def manifest_path(self) -> Path:
+        """The manifest file."""
+        return self.directory / MANIFEST
+
+    def _open(self, bad_manifest: BadManifest) -> None:
+        path = self.manifest_path
+        try:
+            if bad_manifest == "report":
+                problem = _manifest_problem(path, thorough=True)
+                if problem is None and not path.exists():
+                    problem = "is missing (the payloads cannot be verified without it)"
+                if problem is None:
+                    self._connect(path)
+                else:
+                    self.manifest_problem = problem
+                    self._connect(":memory:")
+                return
+            (self.directory / "entries").mkdir(parents=True, exist_ok=True)
+            problem = _manifest_problem(path, thorough=False)
+            if problem is None:
+                try:
+                    self._connect(path)
+                except sqlite3.Error as exc:
+                    problem = _damage(exc)
+                else:
+                    return
+            moved = _set_aside(path)
+            log.warning(
+                "cache manifest %s %s; moved it to %s and started a fresh one",
+                path,
+                problem,
+                moved or "(already moved by another process)",
+            )
+            self._connect(path)
+        except sqlite3.Error as exc:
+            raise UsageError(f"cannot open the cache manifest {path}: {exc}") from None
+        except OSError as exc:
+            raise UsageError(
+                f"cannot use the cache directory {self.directory}: {exc.strerror or exc}"
+            ) from None
+
+    def _connect(self, target: Path | str) -> None:
+        db = sqlite3.connect(target, timeout=30.0, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=30000")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            self._total_bytes = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
+        except BaseException:
+            db.close()
+            raise
         self._db = db
-        self._total_bytes = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
+
+    def rebuild_manifest(self, *, keep_old: bool = True) -> Path | None:
+        """Replace the unusable manifest found by a ``report`` open with a fresh, empty one.
+
+        Args:
+            keep_old: Move the old one aside (returns where to); otherwise delete it (returns ``None``).
+        """
+        self.close()
+        path = self.manifest_path
+        moved = None
+        if keep_old:
+            moved = _set_aside(path)
+        else:
+            for stale in (path, *(path.with_name(path.name + suffix) for suffix in _SIDECARS)):
+                _delete(stale)
+        self.manifest_problem = None
+        self._open("set_aside")
+        return moved
 
     def close(self) -> None:
         """Write pending access times and close the manifest."""
@@ -189,9 +394,14 @@ class ResponseCache:
             exists = self.db.execute("SELECT 1 FROM entries WHERE key = ?", (key,)).fetchone()
             if exists:
                 return
+        path = self.path_for(key)
+        if path.is_dir():
+            # Something else put a directory there; leave it (purge removes it) and cache nothing.
+            log.warning("cache: %s is a directory, not a payload file; not caching this answer", path)
+            return
         # Key order is kept: records are written back byte for byte as they were produced.
         data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        atomic_write_bytes(self.path_for(key), data, durable=False)
+        atomic_write_bytes(path, data, durable=False)
         now = self.clock()
         previous = self.db.execute("SELECT size FROM entries WHERE key = ?", (key,)).fetchone()
         self.db.execute(
@@ -225,13 +435,26 @@ class ResponseCache:
         self.db.execute("DELETE FROM entries WHERE key = ?", (key,))
         if row:
             self._total_bytes -= int(row[0])
-        with contextlib.suppress(FileNotFoundError):
+        # A payload that cannot be unlinked (a directory, say) stays an orphan for purge to remove.
+        with contextlib.suppress(OSError):
             self.path_for(key).unlink()
 
     # maintenance --------------------------------------------------------------------------------
     def validate(self) -> list[Finding]:
-        """Check every entry against its hash, and look for orphan and leftover temp files."""
+        """Check every entry against its hash, and look for orphan and leftover temp files.
+
+        An unusable manifest (``bad_manifest="report"``) is the first finding; every payload file is
+        then an orphan, since nothing vouches for it.
+        """
         findings: list[Finding] = []
+        if self.manifest_problem is not None:
+            findings.append(
+                Finding(
+                    "bad_manifest",
+                    self.manifest_path,
+                    f"the manifest {self.manifest_problem}; `cache purge` rebuilds it",
+                )
+            )
         known: set[str] = set()
         for key, expected, size in self.db.execute("SELECT key, sha256, size FROM entries ORDER BY key"):
             known.add(key)
@@ -240,6 +463,14 @@ class ResponseCache:
                 data = path.read_bytes()
             except FileNotFoundError:
                 findings.append(Finding("missing_payload", path, f"manifest entry {key} has no payload file"))
+                continue
+            except IsADirectoryError:
+                findings.append(
+                    Finding("not_a_file", path, f"manifest entry {key}: its payload is a directory")
+                )
+                continue
+            except OSError as exc:
+                findings.append(Finding("unreadable_payload", path, f"manifest entry {key}: {exc.strerror}"))
                 continue
             actual = hashlib.sha256(data).hexdigest()
             if actual != expected:
@@ -250,16 +481,23 @@ class ResponseCache:
                         f"sha256 {actual[:12]}… != manifest {expected[:12]}… ({size} bytes)",
                     )
                 )
-        for path in sorted((self.directory / "entries").rglob("*")):
-            if not path.is_file():
-                continue
+        # Payloads live exactly at entries/<xx>/<key>.json; nothing deeper is the cache's.
+        for path in sorted((self.directory / "entries").glob("*/*")):
             if path.name.endswith(TEMP_SUFFIX):
                 findings.append(
                     Finding("temp_file", path, "leftover temporary file from an interrupted write")
                 )
-            elif path.suffix == ".json" and path.stem not in known:
+            elif path.suffix != ".json" or path.stem in known:
+                continue
+            elif path.is_dir() and not path.is_symlink():
+                findings.append(Finding("not_a_file", path, "a directory where a payload file belongs"))
+            else:
                 findings.append(Finding("orphan_file", path, "payload file without a manifest entry"))
         return findings
+
+    def set_aside_manifests(self) -> list[Path]:
+        """Manifests moved aside as unusable (``manifest.sqlite3.corrupt-<n>`` and their journals)."""
+        return sorted(self.directory.glob(f"{MANIFEST}.corrupt-*"))
 
     def purge(
         self,
@@ -271,14 +509,16 @@ class ResponseCache:
     ) -> PurgeResult:
         """Remove entries not used for ``older_than`` seconds, then LRU entries down to ``max_size``.
 
-        ``everything`` removes every entry and every stray file. Corrupt entries, orphans and
-        leftover temp files are always removed too (they can never be served).
+        ``everything`` removes every entry, every stray file and the manifests once set aside as unusable.
+        Corrupt entries, orphans, directories where payloads belong and leftover temp files are always
+        removed too (they can never be served).
         """
         self.flush()
         rows = self.db.execute("SELECT key, size, accessed FROM entries ORDER BY accessed, key").fetchall()
+        sizes = {key: size for key, size, _ in rows}
         doomed: dict[str, int] = {}
         if everything:
-            doomed = {key: size for key, size, _ in rows}
+            doomed = dict(sizes)
         else:
             now = self.clock()
             if older_than is not None:
@@ -291,19 +531,19 @@ class ResponseCache:
                     if key not in doomed:
                         doomed[key] = size
                         total -= size
-        strays = [finding.path for finding in self.validate() if finding.kind in ("orphan_file", "temp_file")]
-        broken = {
-            finding.path.stem: 0
-            for finding in self.validate()
-            if finding.kind in ("hash_mismatch", "missing_payload")
-        }
-        for key in broken:
-            doomed.setdefault(key, next((size for k, size, _ in rows if k == key), 0))
-        freed = sum(doomed.values()) + sum(path.stat().st_size for path in strays if path.exists())
+        findings = self.validate()
+        for finding in findings:
+            if finding.kind in _BROKEN and finding.path.stem in sizes:
+                doomed.setdefault(finding.path.stem, sizes[finding.path.stem])
+        strays = [finding.path for finding in findings if finding.kind in _STRAY]
+        if everything:
+            strays += self.set_aside_manifests()
+        freed = sum(doomed.values()) + sum(
+            path.stat().st_size for path in strays if path.is_file() and not path.is_symlink()
+        )
         if not dry_run:
             for key in doomed:
                 self._remove(key)
             for path in strays:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+                _delete(path)
         return PurgeResult(entries=len(doomed), bytes=freed, files=len(strays))
