@@ -8,7 +8,7 @@ import pytest
 
 from service_ambitions.cli.run import parse_rate_limits
 from service_ambitions.errors import ConfigError
-from service_ambitions.settings import PROVIDER_DEFAULT_RATE_LIMITS, RateLimit, load_settings
+from service_ambitions.settings import PROVIDER_DEFAULT_RATE_LIMITS, RateLimit, load_settings, read_dotenv
 
 
 def write_yaml(path: Path, text: str) -> Path:
@@ -168,3 +168,63 @@ def test_rate_limits_from_every_layer(
     bad = cli("run", "--rate-limit", "openai:gpt-5-mini=rpm:fast")
     assert bad.exit_code == 2
     assert "rpm:fast" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("SA_MODELS_RATE_LIMITS", "{bad", "not valid JSON (Expecting property name"),
+        ("SA_STAGE_TIMEOUTS", "[1", "not valid JSON"),
+        ("SA_MODELS_RATE_LIMITS__X", "{bad", "models_rate_limits.x"),
+        ("SA_CONCURRENCY", "abc", "valid integer"),
+        ("SA_MAPPING_SETS", "[" * 100_000, "nested too deeply"),
+    ],
+)
+def test_malformed_environment_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert f"environment variable {variable}" in str(caught.value)
+    assert expected in str(caught.value)
+
+
+def test_malformed_dotenv_value_names_the_file_and_variable(isolated: Path) -> None:
+    (isolated / ".env").write_text("SA_MODELS_RATE_LIMITS={bad\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"\.env file SA_MODELS_RATE_LIMITS\): not valid JSON"):
+        load_settings()
+
+
+def test_dotenv_with_invalid_utf8_names_file_and_line(isolated: Path) -> None:
+    (isolated / ".env").write_bytes(b"SA_SEED=1\nSA_CONTEXT_ID=caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"^\.env:2: not valid UTF-8"):
+        load_settings()
+    with pytest.raises(ConfigError, match=r"^\.env:2: not valid UTF-8"):
+        read_dotenv()  # what llm/providers.py reads provider keys with
+    (isolated / ".env").write_text("SA_SEED=1\nGROQ_API_KEY=gsk-test\n", encoding="utf-8")
+    assert read_dotenv() == {"SA_SEED": "1", "GROQ_API_KEY": "gsk-test"}
+    assert load_settings().seed == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (b"model: offline\nseed: caf\xe9\n", r"bad\.yaml:2: not valid UTF-8 \(invalid continuation byte"),
+        (b"model: [offline\n", r"bad\.yaml:2: invalid YAML"),
+        (b"model: " + b"[" * 100_000 + b"\n", r"bad\.yaml: invalid YAML: nested too deeply"),
+        (b"seed: 2025-02-30\n", r"bad\.yaml: invalid YAML value: day is out of range"),
+        (b"1: 2\n", r"bad\.yaml: unknown setting 1"),
+        (b'output_file: "out\\0.jsonl"\n', r"'output_file' \(from config file bad\.yaml\).*NUL"),
+    ],
+)
+def test_malformed_yaml_names_the_file(isolated: Path, text: bytes, expected: str) -> None:
+    (isolated / "bad.yaml").write_bytes(text)
+    with pytest.raises(ConfigError, match=expected):
+        load_settings(Path("bad.yaml"))
+
+
+def test_config_path_that_is_a_directory_says_so(isolated: Path) -> None:
+    (isolated / "conf").mkdir()
+    with pytest.raises(ConfigError, match=r"config file conf is a directory, not a file"):
+        load_settings(Path("conf"))

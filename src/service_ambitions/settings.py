@@ -6,7 +6,9 @@ value raises :class:`~service_ambitions.errors.ConfigError` naming the key and w
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,11 +21,14 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from service_ambitions._units import parse_duration, parse_size
@@ -39,10 +44,12 @@ __all__ = [
     "Settings",
     "StageModels",
     "load_settings",
+    "read_dotenv",
 ]
 
 ENV_PREFIX = "SA_"
 DEFAULT_CONFIG_PATH = Path("config/app.yaml")
+DOTENV_PATH = Path(".env")
 STAGES = ("descriptions", "features", "mapping")
 
 DEFAULT_MAPPING_SETS = [
@@ -126,7 +133,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
-        env_file=".env",
+        env_file=None,  # .env is read by _PrefixedDotEnv only, which names the file and line of bad bytes
         env_file_encoding="utf-8",
         extra="forbid",
         frozen=True,
@@ -180,6 +187,14 @@ class Settings(BaseSettings):
     strict: bool = False
     fail_on_quarantine: bool = False
     seed: int = 0
+
+    @field_validator("data_dir", "prompt_dir", "roles_file", "input_file", "output_file", "cache_dir")
+    @classmethod
+    def _no_nul(cls, value: Path | None) -> Path | None:
+        # only a YAML string can carry a NUL; every file system call would fail on it
+        if value is not None and "\0" in str(value):
+            raise ValueError("a path cannot contain a NUL character")
+        return value
 
     @field_validator("cache_max_bytes", mode="before")
     @classmethod
@@ -272,30 +287,133 @@ class _DictSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
-class _PrefixedDotEnv(DotEnvSettingsSource):
+def _utf8_error(path: Path, exc: UnicodeDecodeError) -> ConfigError:
+    """The error naming the file and the line of the first undecodable byte.
+
+    The line is known when ``exc.object`` is the whole file (decoded at once), not a chunk of it.
+    """
+    data = exc.object if isinstance(exc.object, bytes) else b""
+    line = data.count(b"\n", 0, exc.start) + 1
+    where = f"{path}:{line}" if data else str(path)
+    return ConfigError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})")
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory, not a file")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _dotenv_error(path: Path, exc: UnicodeDecodeError | OSError) -> ConfigError:
+    """python-dotenv decodes in chunks; decoding the whole file again names the line."""
+    if isinstance(exc, OSError):
+        return ConfigError(f"cannot read .env file {path}: {exc.strerror or exc}")
+    try:
+        data = path.read_bytes()
+        data.decode("utf-8")
+    except UnicodeDecodeError as whole:  # decoded at once, so the line can be named
+        return _utf8_error(path, whole)
+    except OSError:
+        pass
+    return _utf8_error(path, exc)
+
+
+def read_dotenv(path: Path = DOTENV_PATH) -> dict[str, str | None]:
+    """The variables of a ``.env`` file (none when there is no such file).
+
+    Raises:
+        ConfigError: The file cannot be read or is not valid UTF-8 (names the file and line).
+    """
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values  # noqa: PLC0415
+
+    try:
+        return dotenv_values(path, encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise _dotenv_error(path, exc) from None
+
+
+def _parse_failure(exc: BaseException) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)
+
+
+class _NamedSource(EnvSettingsSource):
+    """An environment source whose unparsable values name their variable.
+
+    E.g. ``SA_MODELS_RATE_LIMITS='{bad'``: pydantic-settings would raise a bare ``SettingsError``.
+    """
+
+    origin = "environment variable"
+
+    def prepare_field_value(
+        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
+    ) -> Any:
+        try:
+            return super().prepare_field_value(field_name, field, value, value_is_complex)
+        except (ValueError, RecursionError) as exc:
+            raise ConfigError(
+                f"invalid setting {field_name!r} (from {self.origin} {self._variables(field_name)}): "
+                f"{_parse_failure(exc)}"
+            ) from None
+
+    def _variables(self, field_name: str) -> str:
+        name = (ENV_PREFIX + field_name).upper()
+        found = sorted(key.upper() for key in self.env_vars if key.upper() == name)
+        found = found or sorted(key.upper() for key in self.env_vars if key.upper().startswith(name + "__"))
+        return " or ".join(found) or name
+
+
+class _Env(_NamedSource):
+    """``SA_*`` environment variables."""
+
+
+class _PrefixedDotEnv(_NamedSource, DotEnvSettingsSource):
     """``.env`` values for settings: only ``SA_*`` names (provider keys there are for the providers)."""
+
+    origin = ".env file"
 
     def _load_env_vars(self) -> Any:
         loaded = super()._load_env_vars()
         return {key: value for key, value in loaded.items() if key.upper().startswith(ENV_PREFIX)}
 
+    def _read_env_file(self, file_path: Path) -> Mapping[str, str | None]:
+        try:
+            return super()._read_env_file(file_path)
+        except (UnicodeDecodeError, OSError) as exc:
+            raise _dotenv_error(file_path, exc) from None
+
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+        text = _read_bytes(path, "config file").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _utf8_error(path, exc) from None
     try:
-        data = yaml.safe_load(text)
+        parsed = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
-    if data is None:
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
+    except ValueError as exc:  # a scalar the YAML constructors reject, e.g. the date 2025-02-30
+        raise ConfigError(f"{path}: invalid YAML value: {exc}") from None
+    if parsed is None:
         return {}
-    if not isinstance(data, dict):
+    if not isinstance(parsed, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of settings keys")
-    return data
+    for key in parsed:
+        if not isinstance(key, str):
+            raise ConfigError(f"{path}: unknown setting {key!r} (settings keys are names)")
+    return parsed
 
 
 def _in(data: dict[str, Any], loc: tuple[str | int, ...]) -> bool:
@@ -371,7 +489,7 @@ def load_settings(
     yaml_path: Path | None = config
     if yaml_path is None and DEFAULT_CONFIG_PATH.is_file():
         yaml_path = DEFAULT_CONFIG_PATH
-    elif yaml_path is not None and not yaml_path.is_file():
+    elif yaml_path is not None and not yaml_path.exists():
         raise ConfigError(f"config file {yaml_path} does not exist")
     yaml_data = _read_yaml(yaml_path) if yaml_path is not None else {}
 
@@ -387,8 +505,8 @@ def load_settings(
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             return (
                 init_settings,
-                env_settings,
-                _PrefixedDotEnv(settings_cls),
+                _Env(settings_cls),
+                _PrefixedDotEnv(settings_cls, env_file=DOTENV_PATH),
                 _DictSource(settings_cls, yaml_data),
             )
 
@@ -396,3 +514,9 @@ def load_settings(
         return _Bound(**cli)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, cli, environ, yaml_path)) from None
+    except SettingsError as exc:  # anything the named sources above did not translate
+        cause = f": {_parse_failure(exc.__cause__)}" if exc.__cause__ is not None else ""
+        raise ConfigError(f"invalid settings: {exc}{cause}") from None
+    except RecursionError:  # a cyclic YAML alias (&a [*a]) or a value nested too deeply
+        origin = f"config file {yaml_path}" if yaml_path is not None else "the environment"
+        raise ConfigError(f"invalid settings: a value is nested too deeply (from {origin})") from None

@@ -9,8 +9,11 @@ import typer
 
 from service_ambitions import __version__
 from service_ambitions.cli._common import DataDirOption, RolesFileOption, err, exits
+from service_ambitions.cli._paths import check_readable_file, check_writable_file
 from service_ambitions.content import loader
 from service_ambitions.domain.output import SCHEMA_VERSION
+from service_ambitions.errors import InputError
+from service_ambitions.store.lock import output_lock
 from service_ambitions.store.migrate import MigrationOptions, find_migration, migrate_file
 
 __all__ = ["migrate"]
@@ -49,15 +52,19 @@ def migrate(
         service-ambitions migrate --from 1.0 --to 1.1 --input old.jsonl --output evolutions.jsonl
     """
     find_migration(from_version, to_version)  # an unsupported pair fails before anything is read
+    # worded like store.migrate's own errors: "input file X does not exist", "cannot write output file X"
+    check_readable_file("input file", input_file, error=InputError)
+    check_writable_file("output file", output_file)
     roles_path = loader.resolve_roles_path(roles_file, data_dir or loader.default_data_dir())
     roles = loader.load_roles(roles_path)
-    report = migrate_file(
-        input_file,
-        output_file,
-        from_version=from_version,
-        to_version=to_version,
-        options=MigrationOptions(tool_version=__version__, roles=roles),
-    )
+    with output_lock(output_file, command="migrate"):  # never while a run writes the same output
+        report = migrate_file(
+            input_file,
+            output_file,
+            from_version=from_version,
+            to_version=to_version,
+            options=MigrationOptions(tool_version=__version__, roles=roles),
+        )
     duplicates = (
         f"; {len(report.duplicate_service_ids)} service id(s) appear more than once (all kept)"
         if report.duplicate_service_ids

@@ -3,28 +3,45 @@
 from __future__ import annotations
 
 import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from service_ambitions.cli._common import ConfigOption, DataDirOption, err, exits, settings_from_flags
+from service_ambitions.cli._paths import check_writable_dir, check_writable_file
 from service_ambitions.context import build_content
 from service_ambitions.errors import ExitCode, ServiceAmbitionsError
 from service_ambitions.llm.providers import check_provider_keys
+from service_ambitions.store.quarantine import quarantine_dir_for
 
 __all__ = ["preflight"]
 
 
-def _writable(directory: Path) -> str | None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".preflight-"):
-            pass
-    except OSError as exc:
-        return f"{directory} is not writable: {exc.strerror or exc}"
-    return None
+def _path_problems(output_file: Path, cache_dir: Path) -> tuple[list[str], list[str]]:
+    """Check what a run writes: the output file, then its quarantine directory, and the cache directory.
+
+    Returns:
+        The checks passed and the problems found, one line each.
+    """
+    checks: list[tuple[str, Path, Callable[[str, Path], None]]] = [
+        ("--output-file", output_file, check_writable_file),
+        ("quarantine directory", quarantine_dir_for(output_file), check_writable_dir),
+        ("--cache-dir", cache_dir, check_writable_dir),
+    ]
+    passed: list[str] = []
+    problems: list[str] = []
+    for option, path, check in checks:
+        if option == "quarantine directory" and problems:
+            continue  # it sits next to the output: the output's problem says it all
+        try:
+            check(option, path)
+        except ServiceAmbitionsError as exc:
+            problems.append(str(exc))
+        else:
+            passed.append(f"writable: {option} {path}")
+    return passed, problems
 
 
 @exits
@@ -37,9 +54,10 @@ def preflight(
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Cache directory to check.")] = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Check provider keys for the configured models, that directories are writable and content loads.
+    """Check provider keys for the configured models, that output and cache paths are writable, and content.
 
-    Exit 0 when ready, 2 otherwise. Never calls a model.
+    Writability is probed with a temporary file; nothing is created. Exit 0 when ready, 2 otherwise.
+    Never calls a model.
     """
     settings = settings_from_flags(
         config, model=model, output_file=output_file, cache_dir=cache_dir, data_dir=data_dir
@@ -51,12 +69,9 @@ def preflight(
         checks.append(f"provider keys: present for {sorted(set(settings.stage_models().values()))}")
     except ServiceAmbitionsError as exc:
         problems.append(str(exc))
-    for directory in (settings.cache_dir, settings.output_file.resolve().parent):
-        problem = _writable(directory)
-        if problem:
-            problems.append(problem)
-        else:
-            checks.append(f"writable: {directory}")
+    passed, failed = _path_problems(settings.output_file, settings.cache_dir)
+    checks += passed
+    problems += failed
     try:
         content = build_content(settings)
         checks.append(

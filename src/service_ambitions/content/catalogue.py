@@ -6,7 +6,16 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    create_model,
+)
 
 from service_ambitions.domain.reference import Catalogue, CatalogueFile, CatalogueItem, Facet, MappingSet
 
@@ -35,9 +44,14 @@ def build_catalogue(mapping_set: MappingSet, raw: Any) -> Catalogue:
 
     Raises:
         ValidationError: Neither form fits; the error of the form the data resembles is raised.
+        ValueError: Two facets share an id.
     """
     if isinstance(raw, dict):
         parsed = CatalogueFile.model_validate(raw)
+        facet_ids = [facet.id for facet in parsed.facets or []]
+        repeated = sorted({facet_id for facet_id in facet_ids if facet_ids.count(facet_id) > 1})
+        if repeated:
+            raise ValueError(f"duplicate facet id {', '.join(repeated)}")
         items = sorted(parsed.items, key=lambda item: item.id)
         return Catalogue(
             name=mapping_set.name,
@@ -93,19 +107,27 @@ def facet_model(field: str, facets: list[Facet]) -> type[BaseModel]:
     Required facets are mandatory; optional ones may be absent or null. Unknown keys are rejected.
     """
     fields: dict[str, Any] = {}
-    for facet in facets:
+    for index, facet in enumerate(facets):
         if facet.type == "enum":
             options = tuple(option.id for option in facet.options or [])
             annotation: Any = Literal[options]
         else:
             annotation = _TYPES[facet.type]
+        # Facet ids are data: as aliases of neutral field names, ids such as "copy", "_x" or
+        # "model_dump" validate like any other instead of clashing with BaseModel's own attributes.
         if facet.required:
-            fields[facet.id] = (annotation, ...)
+            fields[f"facet_{index}"] = (annotation, Field(alias=facet.id))
         else:
-            fields[facet.id] = (annotation | None, None)
+            fields[f"facet_{index}"] = (annotation | None, Field(None, alias=facet.id))
     return create_model(
         f"{field.title().replace('_', '')}Facets",
-        __config__=ConfigDict(extra="forbid", strict=False),
+        __config__=ConfigDict(
+            extra="forbid",
+            strict=False,
+            validate_by_alias=True,
+            validate_by_name=False,
+            serialize_by_alias=True,
+        ),
         **fields,
     )
 

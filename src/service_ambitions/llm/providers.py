@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from service_ambitions.errors import ConfigError, ProviderKeyMissing
 from service_ambitions.llm._names import OFFLINE_MODEL_VERSION, is_offline
-from service_ambitions.settings import Settings
+from service_ambitions.settings import Settings, read_dotenv
 
 if TYPE_CHECKING:
     from pydantic_ai.models import Model
@@ -86,11 +86,9 @@ def export_dotenv_provider_keys(path: Path = Path(".env")) -> list[str]:
     """
     if not path.is_file():
         return []
-    from dotenv import dotenv_values  # noqa: PLC0415
-
     wanted = {name for names in KEY_VARIABLES.values() for name in names} | {"OPENAI_BASE_URL"}
     exported = []
-    for name, value in dotenv_values(path).items():
+    for name, value in read_dotenv(path).items():
         if name in wanted and value and name not in os.environ:
             os.environ[name] = value
             exported.append(name)
