@@ -14,7 +14,13 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from service_ambitions.content.catalogue import build_catalogue, catalogue_hash, facet_model
 from service_ambitions.content.render import render_system_prompt
 from service_ambitions.domain.reference import Catalogue, Definitions, MappingSet, Plateau, Role
-from service_ambitions.domain.responses import MappingAnswer, features_response_model, mapping_response_model
+from service_ambitions.domain.responses import (
+    DescriptionsResponse,
+    MappingAnswer,
+    descriptions_response_model,
+    features_response_model,
+    mapping_response_model,
+)
 from service_ambitions.errors import ContentError
 
 __all__ = [
@@ -59,6 +65,7 @@ class Content:
     system_prompt: str
     catalogue_hash: str
     digest: str
+    descriptions_model: type[DescriptionsResponse]
     features_model: type[BaseModel]
     mapping_models: dict[str, type[MappingAnswer]]
     facet_models: dict[str, type[BaseModel]]
@@ -76,30 +83,46 @@ def _line_of(text: str, position: int) -> int:
     return text.count("\n", 0, position) + 1
 
 
+def _read_error(path: Path, exc: OSError) -> ContentError:
+    """Say what is wrong with the path itself: missing, a directory, or under a file."""
+    if isinstance(exc, FileNotFoundError):
+        return ContentError(f"{path}: file not found")
+    if isinstance(exc, IsADirectoryError):
+        return ContentError(f"{path} is a directory, not a file")
+    if isinstance(exc, NotADirectoryError):
+        parent = path.parent
+        while parent != parent.parent and not parent.exists():
+            parent = parent.parent
+        return ContentError(f"{path}: {parent} is a file, not a directory")
+    return ContentError(f"{path}: cannot read ({exc.strerror or exc})")
+
+
+def _decode(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _read_error(path, exc) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ContentError(f"{path}:{line}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
 def read_json(path: Path) -> Any:
     """Read a UTF-8 JSON file; errors name the file and the line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ContentError(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise ContentError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ContentError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    text = _decode(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ContentError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise ContentError(f"{path}: invalid JSON: nested too deeply") from None
 
 
 def read_text(path: Path) -> str:
     """Read a UTF-8 text file; errors name the file."""
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise ContentError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ContentError(f"{path}: cannot read ({exc})") from None
+    return _decode(path).strip()
 
 
 def _explain(path: Path, error: ValidationError) -> ContentError:
@@ -167,6 +190,13 @@ def load_catalogue(path: Path, mapping_set: MappingSet) -> Catalogue:
     return catalogue
 
 
+def _check_dir(what: str, path: Path) -> None:
+    if not path.exists():
+        raise ContentError(f"{what} {path} does not exist")
+    if not path.is_dir():
+        raise ContentError(f"{what} {path} is a file, not a directory")
+
+
 def load_content(
     *,
     data_dir: Path | None,
@@ -183,10 +213,8 @@ def load_content(
     """
     data = data_dir or default_data_dir()
     prompts = prompt_dir or default_prompt_dir()
-    if not data.is_dir():
-        raise ContentError(f"data directory {data} does not exist")
-    if not prompts.is_dir():
-        raise ContentError(f"prompt directory {prompts} does not exist")
+    _check_dir("data directory", data)
+    _check_dir("prompt directory", prompts)
 
     plateaus = load_plateaus(data / PLATEAUS_FILE)
     roles_path = resolve_roles_path(roles_file, data)
@@ -220,7 +248,10 @@ def load_content(
     for path in files:
         digest.update(path.name.encode())
         digest.update(b"\0")
-        digest.update(path.read_bytes())
+        try:
+            digest.update(path.read_bytes())
+        except OSError as exc:  # changed since it was read above
+            raise _read_error(path, exc) from None
         digest.update(b"\0")
     return Content(
         plateaus=plateaus,
@@ -233,6 +264,7 @@ def load_content(
         system_prompt=system_prompt,
         catalogue_hash=catalogue_hash(catalogues),
         digest=digest.hexdigest(),
+        descriptions_model=descriptions_response_model([plateau.name for plateau in plateaus]),
         features_model=features_response_model([role.role_id for role in roles]),
         mapping_models={item.field: mapping_response_model(item.field) for item in catalogues},
         facet_models={item.field: facet_model(item.field, item.facets) for item in catalogues if item.facets},

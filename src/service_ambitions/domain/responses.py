@@ -1,17 +1,40 @@
 """Schemas of the model's answers, one per stage (DOMAIN §3).
 
-The features and mapping schemas depend on the configured roles and mapping sets, so they are
-built by factories; the content loader builds them once per run.
+The descriptions, features and mapping schemas depend on the configured plateaus, roles and
+mapping sets, so they are built by factories; the content loader builds them once per run.
+
+Their validators also check what the answer means, not only its shape (a plateau without a
+description, role keys that match no role, features left out of a mapping), so a wrong answer is
+sent back to the model with a precise message by the gateway's bounded re-asks. Their extra
+validation does not change the JSON schema, so cache keys stay the same.
+
+Per-call data reaches the validators as the pydantic validation context: :data:`FEATURE_IDS` (the
+plateau's feature ids, for the mapping check) is set by the caller, :data:`FINAL_ATTEMPT` by the
+gateway on the last answer it will accept (and on cached answers).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "CMMI_LABELS",
+    "FEATURE_IDS",
+    "FINAL_ATTEMPT",
     "Contribution",
     "DescriptionItem",
     "DescriptionsResponse",
@@ -20,9 +43,40 @@ __all__ = [
     "MappingFeature",
     "MappingResponse",
     "Score",
+    "descriptions_response_model",
     "features_response_model",
     "mapping_response_model",
+    "match_key",
+    "strip_preamble",
 ]
+
+FEATURE_IDS = "feature_ids"
+"""Validation-context key: the feature ids a mapping answer must cover (a sequence of str)."""
+FINAL_ATTEMPT = "final_attempt"
+"""Validation-context key: True when the answer will not be re-asked; checks that only re-ask are skipped."""
+
+_LISTED = 20  # ids named in one re-ask message; the rest are counted
+_PREAMBLE = re.compile(r"^\s*prepared plateau-\d+ description for [^:]*:\s*", re.IGNORECASE)
+_NOT_ALNUM = re.compile(r"[\W_]+")
+
+
+def strip_preamble(text: str) -> str:
+    """Remove a leading ``Prepared plateau-<n> description for <x>:`` some models add."""
+    return _PREAMBLE.sub("", text, count=1).strip()
+
+
+def match_key(name: str) -> str:
+    """The form names are matched in: case-folded, letters and digits only.
+
+    ``Outcome-Driven`` and ``outcome driven`` both become ``outcomedriven``.
+    """
+    return _NOT_ALNUM.sub("", name.casefold())
+
+
+def _listing(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_LISTED])
+    return shown if len(names) <= _LISTED else f"{shown} and {len(names) - _LISTED} more"
+
 
 CMMI_LABELS: dict[int, str] = {
     1: "Initial",
@@ -47,6 +101,66 @@ class DescriptionsResponse(BaseModel):
     """Answer of the descriptions stage: one description per plateau."""
 
     descriptions: list[DescriptionItem]
+
+
+def descriptions_response_model(plateau_names: Sequence[str]) -> type[DescriptionsResponse]:
+    """Build the descriptions-stage schema for the plateaus (level = 1-based position).
+
+    Its JSON schema is that of :class:`DescriptionsResponse`. An item is matched to a plateau by
+    :func:`match_key` of its name, else by its plateau number; the preamble is stripped. The
+    validated answer holds one item per plateau in level order, with the canonical names. A plateau
+    without a non-empty description is a validation error naming it.
+    """
+    names = list(plateau_names)
+    levels = {match_key(name): level for level, name in enumerate(names, start=1)}
+    expected = ", ".join(f"{level} {name}" for level, name in enumerate(names, start=1))
+
+    def one_per_plateau(cls: type[BaseModel], items: list[DescriptionItem]) -> list[DescriptionItem]:
+        found: dict[int, str] = {}
+        empty: set[int] = set()
+        unmatched: list[DescriptionItem] = []
+        for item in items:
+            level = levels.get(match_key(item.plateau_name))
+            if level is None:
+                unmatched.append(item)
+            elif level not in found:
+                text = strip_preamble(item.description)
+                if text:
+                    found[level] = text
+                else:
+                    empty.add(level)
+        for item in unmatched:  # a misspelt name: trust the plateau number
+            if item.plateau <= len(names) and item.plateau not in found:
+                text = strip_preamble(item.description)
+                if text:
+                    found[item.plateau] = text
+                else:
+                    empty.add(item.plateau)
+        if len(found) < len(names):
+            missing = [
+                f"{level} {names[level - 1]!r}" + (" (empty description)" if level in empty else "")
+                for level in range(1, len(names) + 1)
+                if level not in found
+            ]
+            message = (
+                f"missing descriptions for plateau{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
+                f"answer one item per plateau: {expected}"
+            )
+            strays = [item.plateau_name for item in unmatched if item.plateau_name]
+            if strays:
+                message += f" (unrecognised plateau_name {_listing([repr(name) for name in strays])})"
+            raise PydanticCustomError("missing_plateaus", message)
+        return [
+            DescriptionItem(plateau=level, plateau_name=name, description=found[level])
+            for level, name in enumerate(names, start=1)
+        ]
+
+    return create_model(
+        "DescriptionsResponse",
+        __base__=DescriptionsResponse,
+        __doc__=DescriptionsResponse.__doc__,
+        __validators__={"one_per_plateau": field_validator("descriptions")(one_per_plateau)},
+    )
 
 
 class Score(BaseModel):
@@ -79,17 +193,51 @@ class FeatureItem(BaseModel):
 def features_response_model(role_ids: list[str]) -> type[BaseModel]:
     """Build the features-stage schema: ``{"features": {"<role_id>": [FeatureItem, ...]}}``.
 
-    Unknown role keys are ignored; a role the model leaves out gets no features.
+    A role key that is not a role id is matched to one by :func:`match_key` (``Learners`` →
+    ``learners``). Keys that still match nothing are ignored when every role is present, and a
+    validation error naming them and the role ids when a role is missing; a role the model leaves
+    out without a stray key gets no features.
     """
+    ids = list(role_ids)
+    known = frozenset(ids)
+    by_key: dict[str, str] = {}
+    for role_id in ids:
+        by_key.setdefault(match_key(role_id), role_id)
+
+    # No docstring: it would become the schema's description and change the cache keys.
+    class _ByRole(BaseModel):
+        model_config = ConfigDict(extra="ignore", populate_by_name=False)
+
+        @model_validator(mode="before")
+        @classmethod
+        def _match_roles(cls, value: Any) -> Any:
+            if not isinstance(value, dict) or known <= value.keys():
+                return value
+            matched = {role_id: value[role_id] for role_id in ids if role_id in value}
+            unknown: list[str] = []
+            for key, items in value.items():
+                if key in known:
+                    continue
+                role_id = by_key.get(match_key(key)) if isinstance(key, str) else None
+                if role_id is None:
+                    unknown.append(repr(key))
+                else:
+                    matched.setdefault(role_id, items)  # an exact key wins over a near one
+            missing = [role_id for role_id in ids if role_id not in matched]
+            if missing and unknown:
+                raise PydanticCustomError(
+                    "unknown_role_keys",
+                    f"unknown role key{'s' if len(unknown) > 1 else ''} {_listing(unknown)}: "
+                    f"key the features by the role ids {', '.join(ids)} "
+                    f"(missing: {', '.join(missing)})",
+                )
+            return matched
+
     fields: dict[str, Any] = {
         f"role_{index}": (list[FeatureItem], Field(default_factory=list, alias=role_id))
-        for index, role_id in enumerate(role_ids)
+        for index, role_id in enumerate(ids)
     }
-    by_role = create_model(
-        "FeaturesByRole",
-        __config__=ConfigDict(extra="ignore", populate_by_name=False),
-        **fields,
-    )
+    by_role = create_model("FeaturesByRole", __base__=_ByRole, **fields)
     return create_model("FeaturesResponse", features=(by_role, ...))
 
 
@@ -186,6 +334,25 @@ def mapping_response_model(field: str) -> type[MappingAnswer]:
 
     class _Response(MappingAnswer):
         features: list[entry_model]
+
+        @field_validator("features")
+        @classmethod
+        def _all_features(cls, entries: list[_Entry], info: ValidationInfo) -> list[_Entry]:
+            # Only re-asks: after the last one, a feature left out is merged as [] and reported.
+            context = info.context
+            if not context or context.get(FINAL_ATTEMPT) or not context.get(FEATURE_IDS):
+                return entries
+            answered = {entry.feature_id for entry in entries}
+            wanted: Sequence[str] = context[FEATURE_IDS]
+            missing = [feature for feature in wanted if feature not in answered]
+            if missing:
+                raise PydanticCustomError(
+                    "missing_features",
+                    f"missing entries for {len(missing)} of {len(wanted)} feature(s): {_listing(missing)}; "
+                    f"answer one entry per feature id in FEATURES, with an empty {field} list "
+                    "when no item applies",
+                )
+            return entries
 
         @model_validator(mode="after")
         def _unique_ids(self) -> _Response:

@@ -35,7 +35,8 @@ def merge_mapping(
 ) -> MergeResult:
     """Merge a mapping answer.
 
-    Features missing from the answer get ``[]`` (reported); contributions naming items outside the
+    Features missing from the answer get ``[]`` (reported; the mapping schema re-asks for them first,
+    so this is the answer of the last attempt); contributions naming items outside the
     catalogue are dropped (reported as ``unknown_ids``); answer entries for unknown feature ids are
     ignored; facet values are validated against the set's facet schema (violations reported as
     ``facet_validation``, the item is kept without facets).

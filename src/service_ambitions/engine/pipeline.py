@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,23 +33,16 @@ from service_ambitions.domain.output import (
     SupportingItem,
 )
 from service_ambitions.domain.reference import Plateau
-from service_ambitions.domain.responses import DescriptionsResponse, FeatureItem
+from service_ambitions.domain.responses import FEATURE_IDS, FeatureItem
 from service_ambitions.engine.assemble import assemble_plateau
 from service_ambitions.engine.mapping import merge_mapping
 from service_ambitions.engine.problems import Problem
 from service_ambitions.engine.watchdog import Watchdog
-from service_ambitions.errors import ProcessingError, QuarantineKind, StageTimeout
+from service_ambitions.errors import QuarantineKind, StageTimeout
 from service_ambitions.llm.gateway import Gateway
 from service_ambitions.settings import StageTimeouts
 
-__all__ = ["ServicePipeline", "ServiceResult", "strip_preamble"]
-
-_PREAMBLE = re.compile(r"^\s*prepared plateau-\d+ description for [^:]*:\s*", re.IGNORECASE)
-
-
-def strip_preamble(text: str) -> str:
-    """Remove a leading ``Prepared plateau-<n> description for <x>:`` some models add."""
-    return _PREAMBLE.sub("", text, count=1).strip()
+__all__ = ["ServicePipeline", "ServiceResult"]
 
 
 @dataclass
@@ -207,27 +199,10 @@ class ServicePipeline:
                 stage="descriptions",
                 service_id=service.service_id,
                 user_prompt=user_content(service, prompt),
-                output_type=DescriptionsResponse,
+                output_type=self.content.descriptions_model,
             )
-        by_name: dict[str, str] = {}
-        for item in answer.output.descriptions:
-            by_name.setdefault(item.plateau_name.strip().casefold(), strip_preamble(item.description))
-        descriptions: dict[int, str] = {}
-        missing: list[str] = []
-        for plateau in self.content.plateaus:
-            text = by_name.get(plateau.name.casefold(), "")
-            if not text:
-                missing.append(plateau.name)
-            descriptions[plateau.level] = text
-        if missing:
-            raise ProcessingError(
-                f"no description for plateau(s) {', '.join(missing)}",
-                service_id=service.service_id,
-                stage="descriptions",
-                model_name=answer.model,
-                payload=answer.output.model_dump(mode="json"),
-            )
-        return descriptions, answer.model
+        # The schema's validator matched every plateau (or the gateway re-asked, then failed the stage).
+        return {item.plateau: item.description for item in answer.output.descriptions}, answer.model
 
     async def _map_plateau(self, service: ServiceInput, done: _FeaturesDone) -> _PlateauOutcome:
         plateau, description, features, problems = (
@@ -241,6 +216,8 @@ class ServicePipeline:
             {"id": item.feature_id, "name": item.name, "description": item.description} for item in features
         ]
         feature_ids = [item.feature_id for item in features]
+        # The mapping schema re-asks for features left out of an answer (until the last attempt).
+        checks = {FEATURE_IDS: feature_ids}
         contributions: dict[str, dict[str, list[SupportingItem]]] = {}
         mapping_models: dict[str, str] = {}
         unknown_ids = 0
@@ -255,6 +232,7 @@ class ServicePipeline:
                 service_id=service.service_id,
                 user_prompt=user_content(service, prompt),
                 output_type=self.content.mapping_models[catalogue.field],
+                validation_context=checks,
             )
             merged = merge_mapping(
                 catalogue=catalogue,

@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 import logfire
 from pydantic import BaseModel, ValidationError
 
+from service_ambitions.domain.responses import FINAL_ATTEMPT
 from service_ambitions.errors import ModelCallError, QuarantineKind, StageError
 from service_ambitions.llm._names import is_offline
 from service_ambitions.llm.cost import CostLedger, Price, price_response
 from service_ambitions.llm.limiter import Clock, MonotonicClock, Permit, RateLimiter
 from service_ambitions.llm.providers import parse_model_id, resolve_model
-from service_ambitions.llm.transport import SDK_RETRY_PROVIDERS
+from service_ambitions.llm.transport import SDK_RETRY_PROVIDERS, TRANSPORT_PROVIDERS, describe_failure
 from service_ambitions.observability.metrics import RunMetrics
 from service_ambitions.observability.tracing import current_request
 from service_ambitions.store.cache import ResponseCache, cache_key
@@ -47,7 +48,7 @@ log = logging.getLogger("service_ambitions.gateway")
 OutputT = TypeVar("OutputT", bound=BaseModel)
 OUTPUT_TOOL = "final_result"
 # Model settings that change how a request travels, not what the answer says: kept out of cache keys.
-_TRANSPORT_SETTINGS = frozenset({"request_timeout", "max_retries"})
+_TRANSPORT_SETTINGS = frozenset({"request_timeout", "timeout", "max_retries"})
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
 
 
@@ -206,13 +207,18 @@ class Gateway:
         cached = self._stage_settings.get(stage)
         if cached is not None:
             return cached
-        settings: dict[str, Any] = {"request_timeout": self.settings.request_timeout}
+        settings: dict[str, Any] = {}
         if self.settings.temperature is not None:
             settings["temperature"] = self.settings.temperature
         if self.settings.max_tokens is not None:
             settings["max_tokens"] = self.settings.max_tokens
         settings["seed"] = self.settings.seed
         provider = parse_model_id(self.settings.stage_model(stage)).provider
+        if provider not in TRANSPORT_PROVIDERS:
+            # request_timeout bounds one HTTP attempt: our retrying client carries it where it is in place.
+            # (pydantic-ai's own ``request_timeout`` would be one deadline over every attempt, so a
+            # stalled attempt could never be retried.)
+            settings["timeout"] = self.settings.request_timeout
         if provider in SDK_RETRY_PROVIDERS:
             settings["max_retries"] = 0  # our transport retries; the SDK must not multiply attempts
         if provider.startswith("openai") and self.settings.reasoning.effort:
@@ -285,8 +291,18 @@ class Gateway:
         service_id: str,
         user_prompt: str,
         output_type: type[OutputT],
+        validation_context: Mapping[str, Any] | None = None,
     ) -> CallResult[OutputT]:
         """Answer one stage prompt with a validated ``output_type``.
+
+        Args:
+            stage: The stage (selects the model, settings and time budget).
+            service_id: The service the call is for.
+            user_prompt: The user content of the request.
+            output_type: The answer schema.
+            validation_context: Per-call data for the schema's validators (not part of the cache key:
+                the prompt already holds it). The gateway adds :data:`FINAL_ATTEMPT`, true on the
+                last answer it will accept and on cached answers.
 
         Raises:
             StageError: The answer never matched the schema within the re-ask bound.
@@ -304,11 +320,13 @@ class Gateway:
         self.metrics.add(self.metrics.cache_requests, 1, {"result": lookup, "stage": stage})
         if payload is not None:
             try:
-                output = output_type.model_validate(payload["output"])
+                output = output_type.model_validate(
+                    payload["output"], context=_attempt_context(validation_context, final=True)
+                )
                 return CallResult(output=output, model=str(payload["model"]), cached=True)
             except (KeyError, ValidationError):
                 self.cache.stats.corrupt += 1
-        result = await self._call_model(stage, service_id, user_prompt, output_type)
+        result = await self._call_model(stage, service_id, user_prompt, output_type, validation_context)
         self.cache.put(
             key,
             {
@@ -395,18 +413,24 @@ class Gateway:
         return (len(self.system_prompt) + len(user_prompt)) // 4 + (self.settings.max_tokens or 2048)
 
     async def _call_model(
-        self, stage: str, service_id: str, user_prompt: str, output_type: type[OutputT]
+        self,
+        stage: str,
+        service_id: str,
+        user_prompt: str,
+        output_type: type[OutputT],
+        validation_context: Mapping[str, Any] | None = None,
     ) -> CallResult[OutputT]:
         from pydantic_ai.exceptions import (  # noqa: PLC0415
             FallbackExceptionGroup,
             ModelAPIError,
-            ModelTimeoutError,
             UnexpectedModelBehavior,
         )
 
         model_id = self.settings.stage_model(stage)
         try:
-            output, response, usage = await self._structured(stage, service_id, user_prompt, output_type)
+            output, response, usage = await self._structured(
+                stage, service_id, user_prompt, output_type, validation_context
+            )
         except (ModelAPIError, UnexpectedModelBehavior, FallbackExceptionGroup) as exc:
             self.stats.failures += 1
             failures = list(exc.exceptions) if isinstance(exc, FallbackExceptionGroup) else [exc]
@@ -415,10 +439,22 @@ class Gateway:
                 retry_after = getattr(failure, "retry_after", None)
                 if limiter is not None and retry_after:
                     limiter.pause(float(retry_after))
-            timed_out = all(isinstance(failure, ModelTimeoutError) for failure in failures)
-            reasons = "; ".join(f"{type(failure).__name__}: {failure}" for failure in failures)
+            described = [describe_failure(failure) for failure in failures]
+            timed_out = all(failure.timed_out for failure in described)
+            # Systemic (stop the run early) only when every model tried failed that way: a fallback
+            # that merely shared a transient outage says nothing about the next call.
+            systemic = described[-1].systemic if all(failure.systemic for failure in described) else None
+            if len(described) == 1:
+                message = f"model call failed: {described[0].text}"
+            else:
+                reasons = "; ".join(
+                    f"{getattr(failure, 'model_name', '?')}: {description.text}"
+                    for failure, description in zip(failures, described, strict=True)
+                )
+                message = f"model call failed on all {len(described)} models (fallbacks included): {reasons}"
             raise ModelCallError(
-                f"model call failed after transport retries and {len(failures) - 1} fallback(s): {reasons}",
+                message,
+                systemic=systemic,
                 service_id=service_id,
                 stage=stage,
                 model_name=model_id,
@@ -436,7 +472,12 @@ class Gateway:
         )
 
     async def _structured(
-        self, stage: str, service_id: str, user_prompt: str, output_type: type[OutputT]
+        self,
+        stage: str,
+        service_id: str,
+        user_prompt: str,
+        output_type: type[OutputT],
+        validation_context: Mapping[str, Any] | None = None,
     ) -> tuple[OutputT, ModelResponse, tuple[int, int]]:
         """One request, plus bounded re-asks when the answer does not validate.
 
@@ -503,8 +544,9 @@ class Gateway:
             tokens_out += response.usage.output_tokens
             self.stats.input_tokens += response.usage.input_tokens
             self.stats.output_tokens += response.usage.output_tokens
+            context = _attempt_context(validation_context, final=attempt == attempts)
             try:
-                return parse_output(response, output_type), response, (tokens_in, tokens_out)
+                return parse_output(response, output_type, context), response, (tokens_in, tokens_out)
             except (ValidationError, ValueError) as exc:
                 if attempt == attempts:
                     self.stats.failures += 1
@@ -520,6 +562,11 @@ class Gateway:
                 self.stats.output_reasks += 1
                 retry = _retry_part(response, exc, attempt)
                 messages = [*messages, response, ModelRequest(parts=[retry])]
+
+
+def _attempt_context(context: Mapping[str, Any] | None, *, final: bool) -> dict[str, Any] | None:
+    """The validation context of one answer: the caller's, plus whether it is the last one accepted."""
+    return None if context is None else {**context, FINAL_ATTEMPT: final}
 
 
 def _retry_part(response: ModelResponse, exc: Exception, attempt: int) -> Any:
@@ -555,8 +602,15 @@ def _answer_payload(response: ModelResponse) -> Any:
     return None
 
 
-def parse_output(response: ModelResponse, output_type: type[OutputT]) -> OutputT:
+def parse_output(
+    response: ModelResponse, output_type: type[OutputT], context: Mapping[str, Any] | None = None
+) -> OutputT:
     """Validate the structured answer in a response (output tool call, or JSON text as a fallback).
+
+    Args:
+        response: The model's response.
+        output_type: The answer schema.
+        context: The pydantic validation context passed to the schema's validators.
 
     Raises:
         ValidationError: The answer does not match the schema.
@@ -567,9 +621,9 @@ def parse_output(response: ModelResponse, output_type: type[OutputT]) -> OutputT
     for part in response.parts:
         if isinstance(part, ToolCallPart) and part.tool_name == OUTPUT_TOOL:
             if isinstance(part.args, str):
-                return output_type.model_validate_json(part.args or "{}")
-            return output_type.model_validate(part.args or {})
+                return output_type.model_validate_json(part.args or "{}", context=context)
+            return output_type.model_validate(part.args or {}, context=context)
     for part in response.parts:
         if isinstance(part, TextPart) and part.content.strip():
-            return output_type.model_validate_json(_FENCE.sub("", part.content.strip()))
+            return output_type.model_validate_json(_FENCE.sub("", part.content.strip()), context=context)
     raise ValueError(f"the response has no answer: call the {OUTPUT_TOOL!r} tool with the JSON answer")

@@ -1,0 +1,1 @@
+"""Test doubles shared by the test suite and the benchmark (never used by a run)."""
