@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +264,40 @@ def test_refused_resume_changes_nothing_on_disk(cli: Cli, isolated: Path) -> Non
     assert result.exit_code == 0, result.stderr
     assert (isolated / "evolutions.jsonl.broken").exists()
     assert len(read_evolutions(output).records) == 2
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs (root only): records of the samples are ~100 KB, so a run fills it mid-way."""
+    directory = tmp_path / "disk"
+    directory.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(directory)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip("needs mount rights for a small tmpfs")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", str(directory)], capture_output=True, check=False)
+
+
+def test_a_disk_filling_up_mid_run_keeps_what_was_written(isolated: Path, small_disk: Path) -> None:
+    (small_disk / "filler").write_bytes(b"\0" * 3_200_000)
+    output = small_disk / "evolutions.jsonl"
+    command = [*COMMAND, "run", "--input-file", str(SAMPLES), "--output-file", str(output)]
+    full = subprocess.run(command, env=slow_env(0), capture_output=True, text=True, check=False)
+    assert full.returncode == 2, full.stderr
+    assert "Traceback" not in full.stderr
+    assert "No space left on device" in full.stderr
+    assert f"the records written before it are in {output}" in full.stderr
+    written = output.read_bytes()
+    assert 1 < written.count(b"\n") < 13  # the header and some records made it
+    (small_disk / "filler").unlink()
+    resumed = subprocess.run(
+        [*command, "--resume"], env=slow_env(0), capture_output=True, text=True, check=False
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    records = read_evolutions(output).records
+    expected = [json.loads(line)["service_id"] for line in SAMPLES.read_text(encoding="utf-8").splitlines()]
+    assert [record.service.service_id for record in records] == expected

@@ -95,6 +95,38 @@ def test_connection_refused_quarantines_and_goes_on(tmp_path: Path) -> None:
     assert records(output) == []
 
 
+@pytest.mark.parametrize("fault", ["refused", "401"])
+def test_a_batch_failing_the_same_way_stops_early_with_one_message(tmp_path: Path, fault: str) -> None:
+    """Three services in a row failing systemically stop admission: exit 1, resumable once fixed."""
+    total = len(SAMPLES.read_text(encoding="utf-8").splitlines())
+    if fault == "refused":
+        result, output = run_cli(
+            tmp_path, {"SA_BASE_URL": f"http://127.0.0.1:{unused_port()}/v1"}, services=total
+        )
+        requests = None
+    else:
+        with FakeOpenAIServer(Behaviour(faults=lambda _number: "401")) as server:
+            result, output = run_cli(tmp_path, {"SA_BASE_URL": server.base_url}, services=total)
+        requests = len(server.chat_requests())
+    assert result.returncode == 1, result.stderr
+    reason = "connection" if fault == "refused" else "authentication"
+    assert result.stderr.count(f"stopped early: 3 services in a row failed the same way ({reason})") == 1
+    failed = {entry["service_id"] for entry in quarantined(output)}
+    assert len(failed) == 3 < total  # bounded: the rest were never tried
+    if requests is not None:
+        assert requests == 3  # one descriptions call per service, no retry of a 401
+    # The services that failed for a systemic reason are retried by --resume once the cause is fixed.
+    with FakeOpenAIServer() as server:
+        environment = {**os.environ, "OPENAI_API_KEY": KEY, **FAST_RETRIES, "SA_BASE_URL": server.base_url}
+        resumed = subprocess.run(
+            [sys.executable, "-m", "service_ambitions", "run", "--input-file", str(SAMPLES), "--output-file",
+             str(output), "--model", "openai:gpt-5-mini", "--cache-mode", "off", "--resume", "-q"],
+            env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(records(output)) == total
+
+
 def test_connection_reset_is_retried_and_the_record_written(tmp_path: Path) -> None:
     with FakeOpenAIServer(Behaviour(faults=["reset"])) as server:
         result, output = run_cli(tmp_path, {"SA_BASE_URL": server.base_url})

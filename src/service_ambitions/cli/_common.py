@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
@@ -196,6 +197,8 @@ def exits(func: Callable[P, R]) -> Callable[P, R]:
     exception itself with its traceback.
     """
 
+    has_debug = "debug" in inspect.signature(func).parameters
+
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
@@ -217,7 +220,8 @@ def exits(func: Callable[P, R]) -> Callable[P, R]:
         except Exception as exc:
             if kwargs.get("debug"):
                 raise
-            err(f"internal error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)")
+            hint = " (run again with --debug for the traceback)" if has_debug else ""
+            err(f"internal error: {type(exc).__name__}: {exc}{hint}")
             raise typer.Exit(int(ExitCode.FAILURES)) from None
 
     return wrapper

@@ -37,6 +37,7 @@ from service_ambitions.errors import (
     BudgetExhausted,
     InputError,
     Interrupted,
+    PathError,
     RunFailures,
     SystemicFailure,
     UsageError,
@@ -232,9 +233,17 @@ def run(
             telemetry(version=context.tool_version, metrics_port=metrics_port),
             _progress_for(engine, context, input_path, max_services, enabled=progress, json_logs=json_logs),
         ):
-            interrupted = asyncio.run(
-                _run_until_signal(engine, input_path, settings, max_services, resume=resume)
-            )
+            try:
+                interrupted = asyncio.run(
+                    _run_until_signal(engine, input_path, settings, max_services, resume=resume)
+                )
+            except PathError as exc:
+                where = engine.report.written_to if engine.report is not None else None
+                if where is None:
+                    raise
+                raise PathError(
+                    f"{exc}; the records written before it are in {where} (run again with --resume)"
+                ) from None
         report = engine.report
         if report is None:  # interrupted before the run started: nothing was written
             raise Interrupted("interrupted before any service started")
