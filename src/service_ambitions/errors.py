@@ -22,7 +22,6 @@ and maps to exactly one exit code::
         ├── StageError                         a stage could not produce a valid answer
         │   ├── ModelCallError                 transport/provider failure after retries and fallbacks
         │   └── StageTimeout                   the stage exceeded its time budget
-        ├── ProcessingError                    a valid answer broke a product rule (e.g. missing plateau)
         └── MappingError                       a mapping answer broke a rule under --strict
 
 ``PipelineError`` never reaches the process exit: the engine turns it into a quarantine entry, and
@@ -48,7 +47,6 @@ __all__ = [
     "PathError",
     "ModelCallError",
     "PipelineError",
-    "ProcessingError",
     "ProviderKeyMissing",
     "QuarantineKind",
     "ResumeRefused",
@@ -235,10 +233,6 @@ class StageTimeout(StageError):
     """A stage exceeded its time budget."""
 
     default_kind = QuarantineKind.TIMEOUT
-
-
-class ProcessingError(PipelineError):
-    """A schema-valid answer broke a product rule (e.g. a plateau without description)."""
 
 
 class MappingError(PipelineError):

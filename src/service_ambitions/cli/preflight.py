@@ -12,7 +12,7 @@ import typer
 from service_ambitions.cli._common import ConfigOption, DataDirOption, err, exits, settings_from_flags
 from service_ambitions.cli._paths import check_writable_dir, check_writable_file
 from service_ambitions.context import build_content
-from service_ambitions.errors import ExitCode, ServiceAmbitionsError
+from service_ambitions.errors import ServiceAmbitionsError, UsageError
 from service_ambitions.llm.providers import check_provider_keys
 from service_ambitions.store.quarantine import quarantine_dir_for
 
@@ -85,5 +85,5 @@ def preflight(
     for line in problems:
         err(f"FAIL  {line}")
     if problems:
-        raise typer.Exit(int(ExitCode.USAGE))
+        raise UsageError(f"preflight: {len(problems)} check(s) failed; not ready")
     err(f"preflight: ready (pid {os.getpid()})")

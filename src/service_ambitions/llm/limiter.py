@@ -203,6 +203,9 @@ class _Ledger:
                 wake = max(wake, self._charges[previous - self._base[0]][0] + MINUTE)
         return wake - now
 
+    def retune(self, rpm: int | None, tpm: int | None) -> None:
+        self._rpm, self._tpm = rpm, tpm
+
     def charge(self, now: float, tokens: int, *, sent: bool) -> None:
         if sent and self._rpm:
             self._sent.append(now)
@@ -277,6 +280,7 @@ class RateLimiter:
             raise ValueError(f"window must be positive, got {window}")
         self.rpm = rpm
         self.tpm = tpm
+        self._window = window
         self._clock: Clock = clock or MonotonicClock()
         now = self._clock.now()
         self._requests = _Bucket(rpm, window, now) if rpm else None
@@ -318,6 +322,24 @@ class RateLimiter:
                 return self._admit(tokens, now)
         finally:
             self._queued -= 1
+
+    def retune(self, rpm: int | None, tpm: int | None) -> None:
+        """Change the limits in force (learned from the provider), keeping the last minute's ledger.
+
+        Raises:
+            ValueError: A limit is not positive.
+        """
+        if (rpm is not None and rpm < 1) or (tpm is not None and tpm < 1):
+            raise ValueError(f"rpm and tpm must be positive or None, got rpm={rpm}, tpm={tpm}")
+        now = self._clock.now()
+        if rpm != self.rpm:
+            self._requests = _Bucket(rpm, self._window, now) if rpm else None
+        if tpm != self.tpm:
+            self._tokens = _Bucket(tpm, self._window, now) if tpm else None
+        self.rpm, self.tpm = rpm, tpm
+        self._ledger.retune(rpm, tpm)
+        if self._sleeper is not None:
+            self._sleeper.cancel()  # the head re-checks against the new limits
 
     def pause(self, seconds: float) -> None:
         """Admit no one for ``seconds`` from now (a 429's ``retry_after``); never shortens a pause."""
