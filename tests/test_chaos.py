@@ -37,7 +37,7 @@ async def chaos_run(work: Path, count: int, spec: str) -> dict[str, Any]:
     quarantined = {
         entry.service_id for entry in QuarantineStore(quarantine_dir_for(work / "out.jsonl")).entries()
     }
-    models = context.gateway._given.values()
+    models = context.gateway._built.values()
     injected: dict[str, int] = {}
     for model in models:
         assert isinstance(model, ChaosModel)

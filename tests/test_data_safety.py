@@ -86,7 +86,7 @@ class TestSamePaths:
 
 class TestOneProcessPerOutput:
     def test_second_run_is_refused_while_the_first_holds_the_lock(self, isolated: Path) -> None:
-        write_many(isolated / "services.jsonl", 12)
+        write_many(isolated / "services.jsonl", 60)
         first = subprocess.Popen([*COMMAND, "run", "-q", "--concurrency", "1"], env=slow_env(40))
         try:
             wait_for(lambda: lines_in(isolated / "evolutions.jsonl.partial") >= 2)
@@ -112,7 +112,7 @@ class TestOneProcessPerOutput:
         finally:
             first.wait(timeout=120)
         assert first.returncode == 0
-        assert len(read_evolutions(isolated / "evolutions.jsonl").records) == 12
+        assert len(read_evolutions(isolated / "evolutions.jsonl").records) == 60
 
     def test_the_lock_of_a_killed_process_is_taken_over(self, isolated: Path) -> None:
         ids = write_many(isolated / "services.jsonl", 12)

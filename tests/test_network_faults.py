@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from pydantic_ai.models import override_allow_model_requests
+from pydantic_ai.models import Model, override_allow_model_requests
 from pydantic_ai.models.fallback import FallbackModel
 from pydantic_ai.models.openai import OpenAIResponsesModel
+from pydantic_ai.models.wrapper import WrapperModel
 
 from service_ambitions.errors import ModelCallError
 from service_ambitions.llm.gateway import Gateway
@@ -182,6 +183,13 @@ class Answer(BaseModel):
     features: dict[str, Any]
 
 
+def unwrapped(model: Model) -> Model:
+    """The provider model under the gateway's per-model wrappers."""
+    while isinstance(model, WrapperModel):
+        model = model.wrapped
+    return model
+
+
 async def call(base_url: str, **overrides: Any) -> tuple[ModelCallError | None, Gateway]:
     """One features call through a Gateway over real HTTP; returns the error it raised, if any."""
     settings = load_settings(
@@ -197,7 +205,7 @@ async def call(base_url: str, **overrides: Any) -> tuple[ModelCallError | None, 
     )
     gateway = Gateway(settings, system_prompt="S", cache=ResponseCache(Path("cache"), mode="off"))
     model = gateway.stage_model("features")
-    models = model.models if isinstance(model, FallbackModel) else [model]
+    models = [unwrapped(each) for each in (model.models if isinstance(model, FallbackModel) else [model])]
     try:
         with override_allow_model_requests(True):
             await gateway.call(stage="features", service_id="S1", user_prompt="ROLES: []", output_type=Answer)

@@ -8,7 +8,7 @@ import pytest
 
 from service_ambitions.cli.run import parse_rate_limits
 from service_ambitions.errors import ConfigError
-from service_ambitions.settings import PROVIDER_DEFAULT_RATE_LIMITS, RateLimit, load_settings, read_dotenv
+from service_ambitions.settings import RateLimit, load_settings, read_dotenv
 
 
 def write_yaml(path: Path, text: str) -> Path:
@@ -161,9 +161,9 @@ def test_rate_limits_from_every_layer(
     flags = parse_rate_limits(["openai:gpt-5-mini=rpm:100,tpm:9000"])
     from_cli = load_settings(config, {"models_rate_limits": flags})
     assert from_cli.rate_limit_for("openai:gpt-5-mini") == RateLimit(rpm=100, tpm=9000)
-    # A real provider without an entry starts below its published entry-tier limits; offline has none.
-    default = PROVIDER_DEFAULT_RATE_LIMITS["anthropic"]
-    assert load_settings().rate_limit_for("anthropic:claude-sonnet-4-5") == default
+    # Without an entry there is no configured cap: limits are learned from the provider's headers.
+    assert load_settings().rate_limit_for("anthropic:claude-sonnet-4-5") is None
+    assert load_settings().rate_limits == "learn"
     assert load_settings().rate_limit_for("offline") is None
     bad = cli("run", "--rate-limit", "openai:gpt-5-mini=rpm:fast")
     assert bad.exit_code == 2

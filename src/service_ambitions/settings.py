@@ -39,7 +39,6 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_MAPPING_SETS",
     "ENV_PREFIX",
-    "PROVIDER_DEFAULT_RATE_LIMITS",
     "RateLimit",
     "Settings",
     "StageModels",
@@ -89,18 +88,6 @@ class RateLimit(_Section):
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
     concurrency: int | None = Field(default=None, gt=0)
-
-
-# Starting points for real providers when models_rate_limits has no entry for a model: below the
-# entry-tier limits each provider publishes, so a new account is not throttled. Raise them in config.
-PROVIDER_DEFAULT_RATE_LIMITS: dict[str, RateLimit] = {
-    "openai": RateLimit(rpm=400, tpm=160_000),
-    "anthropic": RateLimit(rpm=40, tpm=24_000),
-    "google": RateLimit(rpm=120, tpm=800_000),
-    "groq": RateLimit(rpm=25, tpm=5_000),
-    "mistral": RateLimit(rpm=50, tpm=400_000),
-    "openrouter": RateLimit(rpm=150, tpm=400_000),
-}
 
 
 class StageTimeouts(_Section):
@@ -153,10 +140,12 @@ class Settings(BaseSettings):
     offline: OfflineOptions = OfflineOptions()
 
     # Throughput and limits
-    concurrency: int = Field(default=8, ge=1, le=1024)
-    llm_concurrency: int = Field(default=16, ge=1, le=4096)
-    plateau_concurrency: int = Field(default=2, ge=1, le=16)
+    # High enough that a default run is bound by the provider's limits or latency, not by these caps.
+    concurrency: int = Field(default=16, ge=1, le=1024)
+    llm_concurrency: int = Field(default=256, ge=1, le=4096)
+    plateau_concurrency: int = Field(default=5, ge=1, le=16)
     models_rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
+    rate_limits: Literal["learn", "fixed", "off"] = "learn"
     request_timeout: float = Field(default=120.0, gt=0)
     transport_retries: TransportRetries = TransportRetries()
     inject_failures: str | None = None
@@ -225,16 +214,8 @@ class Settings(BaseSettings):
         return value
 
     def rate_limit_for(self, model_id: str) -> RateLimit | None:
-        """The limits of a model: its own entry, else its provider's default; none for local models."""
-        if model_id in self.models_rate_limits:
-            return self.models_rate_limits[model_id]
-        provider = model_id.partition(":")[0] if ":" in model_id else ""
-        provider = {"google-gla": "google", "openai-chat": "openai", "openai-responses": "openai"}.get(
-            provider, provider
-        )
-        if self.base_url and provider == "openai":
-            return None  # an OpenAI-compatible local server has no published limits
-        return PROVIDER_DEFAULT_RATE_LIMITS.get(provider)
+        """The configured limits of a model (a hard cap), or None; learned limits come from the provider."""
+        return self.models_rate_limits.get(model_id)
 
     def stage_model(self, stage: str) -> str:
         """The configured model id for a stage."""

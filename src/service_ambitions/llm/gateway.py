@@ -26,10 +26,13 @@ from pydantic import BaseModel, ValidationError
 from service_ambitions.domain.responses import FINAL_ATTEMPT
 from service_ambitions.errors import ModelCallError, QuarantineKind, StageError
 from service_ambitions.llm._names import is_offline
+from service_ambitions.llm.admission import RateLimitedModel
 from service_ambitions.llm.cost import CostLedger, Price, price_response
-from service_ambitions.llm.limiter import Clock, MonotonicClock, Permit, RateLimiter
+from service_ambitions.llm.limiter import Clock, MonotonicClock
 from service_ambitions.llm.providers import parse_model_id, resolve_model
-from service_ambitions.llm.transport import SDK_RETRY_PROVIDERS, TRANSPORT_PROVIDERS, describe_failure
+from service_ambitions.llm.ratelimits import ModelLimits
+from service_ambitions.llm.stack import SettingsModel, common_settings, over_our_transport, provider_settings
+from service_ambitions.llm.transport import describe_failure
 from service_ambitions.observability.metrics import RunMetrics
 from service_ambitions.observability.tracing import current_request
 from service_ambitions.store.cache import ResponseCache, cache_key
@@ -140,16 +143,9 @@ class Gateway:
         self._semaphore = asyncio.Semaphore(settings.llm_concurrency)
         self.metrics = metrics or RunMetrics()
         self.clock: Clock = clock or MonotonicClock()
-        self._limiters: dict[str, RateLimiter] = {}
-        self._model_caps: dict[str, asyncio.Semaphore] = {}
-        for model_id in sorted(set(settings.stage_models().values()) | set(settings.models_rate_limits)):
-            limit = settings.rate_limit_for(model_id)
-            if limit is None:
-                continue
-            if limit.rpm or limit.tpm:
-                self._limiters[model_id] = RateLimiter(limit.rpm, limit.tpm, clock=self.clock)
-            if limit.concurrency:
-                self._model_caps[model_id] = asyncio.Semaphore(limit.concurrency)
+        self._limits: dict[str, ModelLimits] = {}
+        self._built: dict[str, Model] = {}
+        self._common = common_settings(settings)
         self._sequence = itertools.count(1)
         self.ledger = CostLedger()
         self.transport_retries = 0
@@ -161,15 +157,55 @@ class Gateway:
         self.transport_retries += 1
 
     # models -----------------------------------------------------------------------------------
+    def limits_for(self, model_id: str) -> ModelLimits:
+        """The admission state of one model: configured caps, learned limits, remaining budget."""
+        limits = self._limits.get(model_id)
+        if limits is None:
+            configured = self.settings.rate_limit_for(model_id)
+            limits = self._limits[model_id] = ModelLimits(
+                model_id,
+                mode=self.settings.rate_limits,
+                rpm=configured.rpm if configured else None,
+                tpm=configured.tpm if configured else None,
+                clock=self.clock,
+            )
+        return limits
+
+    def limits_in_force(self) -> dict[str, dict[str, object]]:
+        """Per model called: the limits in force and where they came from (for the summary)."""
+        return {model_id: limits.describe() for model_id, limits in sorted(self._limits.items())}
+
     def _model(self, model_id: str) -> Model:
-        if model_id in self._given:
-            return self._given[model_id]
-        model: Model = self._factory(model_id, self.settings, on_retry=self._count_transport_retry)
+        """The model's own stack (see ``llm/stack.py``), built once per run."""
+        built = self._built.get(model_id)
+        if built is not None:
+            return built
+        limits = self.limits_for(model_id)
+        given = model_id in self._given
+        over_http = not given and over_our_transport(model_id)
+        if given:
+            model = self._given[model_id]
+        elif over_http:
+            model = self._factory(
+                model_id, self.settings, on_retry=self._count_transport_retry, limits=limits
+            )
+        else:
+            model = self._factory(model_id, self.settings, on_retry=self._count_transport_retry)
         if self.settings.inject_failures:
             from service_ambitions.llm.chaos import ChaosModel, parse_failure_spec  # noqa: PLC0415
 
             model = ChaosModel(model, parse_failure_spec(self.settings.inject_failures))
-        self._given[model_id] = model
+        own = provider_settings(model_id, self.settings)
+        if own:
+            model = SettingsModel(model, own)  # type: ignore[arg-type]
+        if not over_http and (limits.cap_rpm or limits.cap_tpm):
+            model = RateLimitedModel(model, limits, max_tokens=self.settings.max_tokens)
+        configured = self.settings.rate_limit_for(model_id)
+        if configured is not None and configured.concurrency:
+            from pydantic_ai.models.concurrency import ConcurrencyLimitedModel  # noqa: PLC0415
+
+            model = ConcurrencyLimitedModel(model, configured.concurrency)
+        self._built[model_id] = model
         return model
 
     def stage_model(self, stage: str) -> Model:
@@ -184,6 +220,7 @@ class Gateway:
             from pydantic_ai.exceptions import (  # noqa: PLC0415
                 ModelConnectionError,
                 ModelRateLimitError,
+                ModelRequestTimeout,
                 ModelServerError,
                 ModelUnavailableError,
             )
@@ -196,37 +233,25 @@ class Gateway:
                     ModelRateLimitError,
                     ModelUnavailableError,
                     ModelServerError,
-                    ModelConnectionError,
+                    ModelConnectionError,  # includes ModelTimeoutError (one attempt timed out)
+                    ModelRequestTimeout,
                 ),
             )
         self._stage_models[stage] = model
         return model
 
     def model_settings(self, stage: str) -> ModelSettings:
-        """Output-affecting and transport settings for a stage's requests (built once per stage)."""
+        """The settings of a stage's primary model: what the cache key records (built once per stage).
+
+        Requests carry only the settings common to every model; each model's stack adds its own
+        provider's settings, so a fallback never sends the primary's (see ``llm/stack.py``).
+        """
         cached = self._stage_settings.get(stage)
-        if cached is not None:
-            return cached
-        settings: dict[str, Any] = {}
-        if self.settings.temperature is not None:
-            settings["temperature"] = self.settings.temperature
-        if self.settings.max_tokens is not None:
-            settings["max_tokens"] = self.settings.max_tokens
-        settings["seed"] = self.settings.seed
-        provider = parse_model_id(self.settings.stage_model(stage)).provider
-        if provider not in TRANSPORT_PROVIDERS:
-            # request_timeout bounds one HTTP attempt: our retrying client carries it where it is in place.
-            # (pydantic-ai's own ``request_timeout`` would be one deadline over every attempt, so a
-            # stalled attempt could never be retried.)
-            settings["timeout"] = self.settings.request_timeout
-        if provider in SDK_RETRY_PROVIDERS:
-            settings["max_retries"] = 0  # our transport retries; the SDK must not multiply attempts
-        if provider.startswith("openai") and self.settings.reasoning.effort:
-            settings["openai_reasoning_effort"] = self.settings.reasoning.effort
-        if provider.startswith("openai") and self.settings.reasoning.summary:
-            settings["openai_reasoning_summary"] = self.settings.reasoning.summary
-        self._stage_settings[stage] = settings  # type: ignore[assignment]
-        return self._stage_settings[stage]
+        if cached is None:
+            primary = self.settings.stage_model(stage)
+            merged: Any = {**common_settings(self.settings), **provider_settings(primary, self.settings)}
+            cached = self._stage_settings[stage] = merged
+        return cached
 
     def _parameters(self, output_type: type[BaseModel]) -> ModelRequestParameters:
         parameters = self._request_parameters.get(output_type)
@@ -338,12 +363,11 @@ class Gateway:
         return result
 
     @contextlib.asynccontextmanager
-    async def admitted(
-        self, *, stage: str, service_id: str, model_id: str, estimate: int
-    ) -> AsyncIterator[tuple[str, Permit | None]]:
-        """Wait for admission: FIFO rate limits, then the global and per-model concurrency caps.
+    async def admitted(self, *, stage: str, service_id: str, model_id: str) -> AsyncIterator[str]:
+        """Wait for a slot under ``llm_concurrency``; yields the request id.
 
-        Yields the request id and the rate-limit permit (settle it with the real usage).
+        Rate permits are taken later, immediately before each HTTP attempt (``llm/admission.py``):
+        slot first, permit last, so a backlog never turns into a burst.
         """
         request_id = f"{service_id}:{stage}:{next(self._sequence)}"
         attributes = {"stage": stage, "model_name": model_id}
@@ -360,10 +384,7 @@ class Gateway:
             submitted = self.clock.now()
             waiting = True
             try:
-                limiter = self._limiters.get(model_id)
-                permit = await limiter.acquire(estimate) if limiter is not None else None
-                cap = self._model_caps.get(model_id) or contextlib.nullcontext()
-                async with self._semaphore, cap:
+                async with self._semaphore:
                     waiting = False
                     self.waiting -= 1
                     self.metrics.add(self.metrics.queue_depth, -1, attributes)
@@ -371,7 +392,7 @@ class Gateway:
                     self.metrics.add(self.metrics.queue_inflight, 1, attributes)
                     self.in_flight += 1
                     try:
-                        yield request_id, permit
+                        yield request_id
                     finally:
                         self.in_flight -= 1
                         self.metrics.add(self.metrics.queue_inflight, -1, attributes)
@@ -434,11 +455,12 @@ class Gateway:
         except (ModelAPIError, UnexpectedModelBehavior, FallbackExceptionGroup) as exc:
             self.stats.failures += 1
             failures = list(exc.exceptions) if isinstance(exc, FallbackExceptionGroup) else [exc]
-            limiter = self._limiters.get(model_id)
+            limits = self._limits.get(model_id)
             for failure in failures:
+                # A 429 raised above HTTP (no transport of ours saw it) pauses the model here.
                 retry_after = getattr(failure, "retry_after", None)
-                if limiter is not None and retry_after:
-                    limiter.pause(float(retry_after))
+                if limits is not None and retry_after and not over_our_transport(model_id):
+                    limits.pause(float(retry_after))
             described = [describe_failure(failure) for failure in failures]
             timed_out = all(failure.timed_out for failure in described)
             # Systemic (stop the run early) only when every model tried failed that way: a fallback
@@ -490,7 +512,7 @@ class Gateway:
 
         model = self.stage_model(stage)
         parameters = self._parameters(output_type)
-        settings = self.model_settings(stage)
+        settings: ModelSettings = self._common  # type: ignore[assignment]
         messages: list[ModelMessage] = [
             ModelRequest(parts=[SystemPromptPart(self.system_prompt), UserPromptPart(user_prompt)])
         ]
@@ -498,12 +520,9 @@ class Gateway:
         attempts = self.settings.output_retries + 1
         attempt = 0
         model_id = self.settings.stage_model(stage)
-        estimate = self.estimate_tokens(user_prompt)
         while True:
             attempt += 1
-            async with self.admitted(
-                stage=stage, service_id=service_id, model_id=model_id, estimate=estimate
-            ) as (request_id, permit):
+            async with self.admitted(stage=stage, service_id=service_id, model_id=model_id) as request_id:
                 started = time.perf_counter()
                 outcome = "error"
                 marker = current_request.set((request_id, service_id))
@@ -519,9 +538,6 @@ class Gateway:
                         time.perf_counter() - started,
                         {"stage": stage, "model_name": model_id, "outcome": outcome},
                     )
-                    if permit is not None:
-                        usage = response.usage if outcome == "ok" else None
-                        permit.settle(usage.input_tokens + usage.output_tokens if usage else 0)
             log.debug(
                 "model call %s (%s) answered by %s",
                 request_id,

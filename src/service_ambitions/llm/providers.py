@@ -15,6 +15,8 @@ from service_ambitions.settings import Settings, read_dotenv
 if TYPE_CHECKING:
     from pydantic_ai.models import Model
 
+    from service_ambitions.llm.ratelimits import ModelLimits
+
 __all__ = [
     "KEY_VARIABLES",
     "export_dotenv_provider_keys",
@@ -124,8 +126,17 @@ def check_provider_keys(settings: Settings, model_ids: Iterable[str] | None = No
             raise ProviderKeyMissing(f"model {model_id!r} needs an API key: set {variables}")
 
 
-def resolve_model(model_id: str, settings: Settings, *, on_retry: Callable[[], None] | None = None) -> Model:
-    """Build the pydantic-ai model for an id (imports provider SDKs lazily)."""
+def resolve_model(
+    model_id: str,
+    settings: Settings,
+    *,
+    on_retry: Callable[[], None] | None = None,
+    limits: ModelLimits | None = None,
+) -> Model:
+    """Build the pydantic-ai model for an id (imports provider SDKs lazily).
+
+    ``limits``, for providers behind our transport, admits every HTTP attempt and learns from answers.
+    """
     ref = parse_model_id(model_id)
     if ref.provider == "offline":
         from service_ambitions.llm.offline import OfflineModel  # noqa: PLC0415
@@ -145,13 +156,13 @@ def resolve_model(model_id: str, settings: Settings, *, on_retry: Callable[[], N
             provider: Any = OpenAIProvider(
                 base_url=settings.base_url,
                 api_key=key,
-                http_client=retrying_client(settings, on_retry=on_retry),
+                http_client=retrying_client(settings, on_retry=on_retry, limits=limits),
             )
         elif ref.provider in TRANSPORT_PROVIDERS:
             from pydantic_ai.providers import infer_provider_class  # noqa: PLC0415
 
             provider_class: Any = infer_provider_class(ref.provider)
-            provider = provider_class(http_client=retrying_client(settings, on_retry=on_retry))
+            provider = provider_class(http_client=retrying_client(settings, on_retry=on_retry, limits=limits))
         else:
             return infer_model(f"{ref.provider}:{ref.name}")
         return infer_model(f"{ref.provider}:{ref.name}", provider_factory=lambda _name: provider)

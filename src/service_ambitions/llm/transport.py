@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import httpx2
     from tenacity import RetryCallState
 
+    from service_ambitions.llm.ratelimits import ModelLimits
     from service_ambitions.settings import Settings
 
 __all__ = [
@@ -221,6 +222,7 @@ def retrying_client(
     sleep: Callable[[float], Awaitable[None]] | None = None,
     wrapped: Any = None,
     on_retry: Callable[[], None] | None = None,
+    limits: ModelLimits | None = None,
 ) -> httpx2.AsyncClient:
     """An ``httpx2.AsyncClient`` whose transport retries transient failures per the settings.
 
@@ -231,6 +233,8 @@ def retrying_client(
         sleep: How to wait between attempts (tests inject one that records instead of sleeping).
         wrapped: The transport underneath (tests pass an ``httpx2.MockTransport``).
         on_retry: Called once per retry (the run summary counts them).
+        limits: The model's admission (``llm/ratelimits.py``): every attempt takes a permit just
+            before it is sent and every answer's rate-limit headers update it.
     """
     import httpx2  # noqa: PLC0415
     from pydantic_ai.retries import AsyncHTTPX2TenacityTransport, RetryConfig, wait_retry_after  # noqa: PLC0415
@@ -249,7 +253,12 @@ def retrying_client(
     if sleep is not None:
         config["sleep"] = sleep
     transport = AsyncHTTPX2TenacityTransport(config=config, wrapped=wrapped, validate_response=_validate)
-    transport.wrapped = _ReadErrorBodies(transport.wrapped)  # type: ignore[assignment]
+    below: Any = transport.wrapped
+    if limits is not None:
+        from service_ambitions.llm.admission import RateLimitedTransport  # noqa: PLC0415
+
+        below = RateLimitedTransport(below, limits)
+    transport.wrapped = _ReadErrorBodies(below)  # type: ignore[assignment]
     return httpx2.AsyncClient(
         transport=transport, timeout=httpx2.Timeout(settings.request_timeout, connect=10.0)
     )

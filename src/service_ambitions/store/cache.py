@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from service_ambitions.errors import UsageError
 from service_ambitions.store._atomic import TEMP_SUFFIX, atomic_write_bytes
@@ -46,6 +46,7 @@ __all__ = [
     "cache_key",
 ]
 
+T = TypeVar("T")
 log = logging.getLogger("service_ambitions.cache")
 
 CACHE_FORMAT_VERSION = 1
@@ -131,6 +132,22 @@ def _manifest_problem(path: Path, *, thorough: bool) -> str | None:
     finally:
         db.close()
     return None
+
+
+def _with_busy_retries(action: Callable[[], T], *, attempts: int = 100) -> T:
+    """Run ``action``, retrying while SQLite reports the database busy.
+
+    Switching to WAL needs an exclusive lock and SQLite does not call its busy handler for it, so two
+    processes opening a new shared cache at the same moment can see SQLITE_BUSY at once.
+    """
+    for _ in range(attempts - 1):
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", None) not in {"SQLITE_BUSY", "SQLITE_LOCKED"}:
+                raise
+            time.sleep(0.05)
+    return action()
 
 
 def _damage(exc: sqlite3.Error) -> str:
@@ -271,7 +288,7 @@ class ResponseCache:
                     self._connect(":memory:")
                 return
             (self.directory / "entries").mkdir(parents=True, exist_ok=True)
-            problem = _manifest_problem(path, thorough=False)
+            problem = _with_busy_retries(lambda: _manifest_problem(path, thorough=False))
             if problem is None:
                 try:
                     self._connect(path)
@@ -298,7 +315,7 @@ class ResponseCache:
         db = sqlite3.connect(target, timeout=30.0, isolation_level=None)
         try:
             db.execute("PRAGMA busy_timeout=30000")
-            db.execute("PRAGMA journal_mode=WAL")
+            _with_busy_retries(lambda: db.execute("PRAGMA journal_mode=WAL"))
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
             self._total_bytes = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
