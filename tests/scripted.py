@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from service_ambitions.llm.offline import OfflineModel
 
+_SERVICE = re.compile(r"^SERVICE_CONTEXT: (.*)$", re.MULTILINE)
 Edit = Callable[[str, str, dict[str, Any]], dict[str, Any]]
 """(stage, service_id, answer) -> answer"""
 
@@ -22,8 +24,7 @@ def _stage_and_service(messages: list[ModelMessage]) -> tuple[str, str]:
             for part in message.parts:
                 if isinstance(part, UserPromptPart) and isinstance(part.content, str):
                     text = part.content
-    first = text.split("\n", 1)[0].removeprefix("SERVICE_CONTEXT: ")
-    service_id = str(json.loads(first)["service_id"])
+    service_id = str(json.loads(_SERVICE.findall(text)[-1])["service_id"])
     stage = "mapping" if "\nCATALOGUE: " in text else "features" if "\nROLES: " in text else "descriptions"
     return stage, service_id
 

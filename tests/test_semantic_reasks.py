@@ -36,6 +36,7 @@ from tests.conftest import service, write_jsonl
 MODEL = "test:scripted"
 PLATEAUS = "1 Foundational, 2 Enhanced, 3 Autonomous, 4 Outcome-Driven, 5 Transformative"
 _LABEL = re.compile(r"^(PLATEAU|FIELD): (\S+)", re.MULTILINE)
+_SERVICE = re.compile(r"^SERVICE_CONTEXT: (.*)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,11 @@ def _call(messages: list[ModelMessage]) -> Call:
                     text = part.content
                 elif isinstance(part, ToolReturnPart | RetryFeedbackPart):
                     feedback.append(json.dumps(part.content, default=str))
-    first = text.split("\n", 1)[0].removeprefix("SERVICE_CONTEXT: ")
     labels = dict(_LABEL.findall(text))
     stage = "mapping" if "\nCATALOGUE: " in text else "features" if "\nROLES: " in text else "descriptions"
     plateau = int(labels["PLATEAU"]) if "PLATEAU" in labels else None
-    return Call(stage, str(json.loads(first)["service_id"]), plateau, labels.get("FIELD"), feedback)
+    service_id = str(json.loads(_SERVICE.findall(text)[-1])["service_id"])
+    return Call(stage, service_id, plateau, labels.get("FIELD"), feedback)
 
 
 def recording(edit: Edit, calls: list[Call]) -> FunctionModel:

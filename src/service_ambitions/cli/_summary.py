@@ -12,8 +12,9 @@ from service_ambitions.store._atomic import atomic_write_bytes
 if TYPE_CHECKING:
     from service_ambitions.context import RunContext
     from service_ambitions.engine.engine import RunReport
+    from service_ambitions.llm.cost import CostLedger, SpendTotals
 
-__all__ = ["render_summary", "summary_data", "write_summary"]
+__all__ = ["prompt_cache_data", "render_summary", "summary_data", "write_summary"]
 
 
 def _percentiles(samples: list[float]) -> dict[str, float | None]:
@@ -23,6 +24,24 @@ def _percentiles(samples: list[float]) -> dict[str, float | None]:
         return {"p50": round(samples[0], 4), "p95": round(samples[0], 4)}
     cuts = statistics.quantiles(samples, n=100, method="inclusive")
     return {"p50": round(cuts[49], 4), "p95": round(cuts[94], 4)}
+
+
+def _cache_share(totals: SpendTotals) -> dict[str, Any]:
+    prompt = totals.input_tokens
+    return {
+        "prompt_tokens": prompt,
+        "cached_tokens": totals.cache_read_tokens,
+        "cache_write_tokens": totals.cache_write_tokens,
+        "hit_rate": round(totals.cache_read_tokens / prompt, 4) if prompt else None,
+    }
+
+
+def prompt_cache_data(ledger: CostLedger) -> dict[str, Any]:
+    """Prompt tokens of the model requests and the share the provider served from its prompt cache."""
+    return {
+        **_cache_share(ledger.total),
+        "by_stage": {stage: _cache_share(totals) for stage, totals in sorted(ledger.by_stage.items())},
+    }
 
 
 def summary_data(context: RunContext, report: RunReport) -> dict[str, Any]:
@@ -63,6 +82,7 @@ def summary_data(context: RunContext, report: RunReport) -> dict[str, Any]:
         },
         "tokens": {"input": stats.input_tokens, "output": stats.output_tokens},
         "cost": gateway.ledger.snapshot(),
+        "prompt_cache": prompt_cache_data(gateway.ledger),
         "latency_seconds": {
             stage: _percentiles(samples) for stage, samples in sorted(gateway.durations.items())
         },
@@ -78,6 +98,23 @@ def summary_data(context: RunContext, report: RunReport) -> dict[str, Any]:
 
 def _money(value: Any) -> str:
     return "unpriced" if value is None else f"${float(value):.4f}"
+
+
+def _percent(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:.1%}"
+
+
+def _prompt_cache_line(data: dict[str, Any]) -> str | None:
+    """``prompt cache: 93.8% of 2052821 prompt tokens cached (descriptions 86.0%, ...)``, or nothing."""
+    cache = data.get("prompt_cache")
+    cost = data["cost"]
+    if not cache or (cost.get("calls", 0) <= cost.get("synthetic_calls", 0) and not cache["cached_tokens"]):
+        return None  # no real provider answered (offline runs, everything from the answer cache)
+    stages = ", ".join(f"{stage} {_percent(item['hit_rate'])}" for stage, item in cache["by_stage"].items())
+    return (
+        f"  prompt cache: {_percent(cache['hit_rate'])} of {cache['prompt_tokens']} prompt tokens cached"
+        + (f" ({stages})" if stages else "")
+    )
 
 
 def render_summary(data: dict[str, Any]) -> str:
@@ -105,6 +142,9 @@ def render_summary(data: dict[str, Any]) -> str:
         f"cost {_money(cost.get('total_usd'))}"
         + (f" ({cost['unpriced_calls']} unpriced call(s))" if cost.get("unpriced_calls") else ""),
     ]
+    cache_line = _prompt_cache_line(data)
+    if cache_line:
+        lines.append(cache_line)
     by_model = cost.get("by_model") or {}
     if by_model:
         lines.append(

@@ -1,7 +1,11 @@
 """Rendering of the system prompt and the stage prompts (DOMAIN §2.3).
 
-The system prompt is identical for every call of a run (static text only, so provider prompt
-caching hits); per-record data goes in the user content, last.
+Every request is ordered static-first so provider prompt caches (prefix caches) hit across services:
+the system prompt (identical for every call of a run), then the stage's fixed instructions and data
+(for mapping: the set's catalogue and facet schema), then ``SERVICE_CONTEXT:`` with the service as
+compact JSON, then the per-plateau data. A stage template marks where the service goes with a
+``{service_context}`` placeholder; a template without one (an older custom ``prompt_dir``) gets
+``SERVICE_CONTEXT:`` in front, as before.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ from service_ambitions.domain.reference import Catalogue, Definitions, Plateau, 
 
 __all__ = [
     "ROLE_STATEMENT",
+    "SERVICE_SLOT",
+    "StagePrompt",
     "compact",
     "render_definitions",
     "render_plateaus",
     "render_system_prompt",
     "render_template",
+    "service_json",
     "user_content",
 ]
 
@@ -37,18 +44,47 @@ def compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def render_template(template: str, values: Mapping[str, str]) -> str:
-    """Substitute ``{name}`` placeholders literally.
+SERVICE_SLOT = "{service_context}"
+"""Where a stage template puts the service (as compact JSON); filled by :func:`user_content`."""
 
-    Only names in ``values`` are replaced, in one pass, so JSON braces in a template and braces in
-    substituted values are left alone.
+
+class StagePrompt(str):
+    """A rendered stage template that still has its ``{service_context}`` slot(s).
+
+    The text is the rendered template with the slot left in; ``pieces`` are the rendered parts
+    between the slots. Each part is rendered on its own, so :func:`user_content` fills the slot
+    without searching text that holds substituted values (a catalogue entry that happened to contain
+    the slot's text stays literal). String operations on it return a plain ``str``, which loses the
+    pieces: pass it to :func:`user_content` as it is.
     """
 
+    pieces: tuple[str, ...]
+
+    def __new__(cls, pieces: tuple[str, ...]) -> StagePrompt:
+        """The rendered ``pieces`` joined by the slot."""
+        prompt = super().__new__(cls, SERVICE_SLOT.join(pieces))
+        prompt.pieces = pieces
+        return prompt
+
+
+def _substitute(template: str, values: Mapping[str, str]) -> str:
     def _replace(match: re.Match[str]) -> str:
         name = match.group(1)
         return values[name] if name in values else match.group(0)
 
     return _PLACEHOLDER.sub(_replace, template)
+
+
+def render_template(template: str, values: Mapping[str, str]) -> str:
+    """Substitute ``{name}`` placeholders literally.
+
+    Only names in ``values`` are replaced, in one pass, so JSON braces in a template and braces in
+    substituted values are left alone. When the template has a ``{service_context}`` slot and
+    ``values`` does not fill it, the result is a :class:`StagePrompt` for :func:`user_content`.
+    """
+    if SERVICE_SLOT in template and "service_context" not in values:
+        return StagePrompt(tuple(_substitute(piece, values) for piece in template.split(SERVICE_SLOT)))
+    return _substitute(template, values)
 
 
 def render_plateaus(plateaus: list[Plateau]) -> str:
@@ -103,7 +139,15 @@ def service_json(service: ServiceInput) -> str:
 
 
 def user_content(service: ServiceInput, stage_prompt: str) -> str:
-    """The user message of a call: the service first, then the stage prompt."""
+    """The user message of a call: the stage prompt with the service in its slot.
+
+    The default templates put the fixed instructions and data first and the slot
+    (``SERVICE_CONTEXT: {service_context}``) before the per-plateau data, so the start of the
+    message is byte-identical across services. A stage prompt without a slot gets the service in
+    front, as ``SERVICE_CONTEXT: <json>`` and a blank line.
+    """
+    if isinstance(stage_prompt, StagePrompt):
+        return service_json(service).join(stage_prompt.pieces)
     return f"SERVICE_CONTEXT: {service_json(service)}\n\n{stage_prompt}"
 
 

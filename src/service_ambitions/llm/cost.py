@@ -5,6 +5,11 @@ own path (``ModelResponse.cost()``); there is no price table here. The data is t
 with the installed genai-prices release: nothing here starts its background ``UpdatePrices`` download,
 so a run's figures are reproducible and pricing never touches the network.
 
+Cached input tokens (``RequestUsage.cache_read_tokens``, part of ``input_tokens``) are priced at the
+model's cache-read rate and cache writes at its cache-write rate, by genai-prices, from the usage the
+provider reported; the ledger counts them too (``SpendTotals.cache_read_tokens``), for the run
+summary's prompt-cache hit rates.
+
 A model genai-prices does not know is *unpriced* (``usd is None``), never priced at 0: its calls are
 counted and named, and totals are a lower bound while any exist. The ``offline`` model costs exactly 0
 and is marked synthetic.
@@ -163,12 +168,26 @@ class SpendTotals:
     output_tokens: int = 0
     usd: Decimal = _ZERO
     """Spend of the priced calls: a lower bound while ``unpriced_calls`` is non-zero."""
+    cache_read_tokens: int = 0
+    """Input tokens served from the provider's prompt cache (included in ``input_tokens``)."""
+    cache_write_tokens: int = 0
+    """Input tokens written to the provider's prompt cache (included in ``input_tokens``)."""
 
-    def add(self, price: Price, input_tokens: int, output_tokens: int) -> None:
+    def add(
+        self,
+        price: Price,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> None:
         """Count one call."""
         self.calls += 1
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
+        self.cache_read_tokens += cache_read_tokens
+        self.cache_write_tokens += cache_write_tokens
         if price.usd is None:
             self.unpriced_calls += 1
         else:
@@ -246,6 +265,9 @@ class CostLedger:
         price: Price,
         input_tokens: int,
         output_tokens: int,
+        *,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> None:
         """Count one model response.
 
@@ -254,15 +276,18 @@ class CostLedger:
             model: The model that answered (``provider:model``).
             service_id: The service the request was for.
             price: Its price (see :func:`price_response`).
-            input_tokens: Input tokens of the request.
+            input_tokens: Input tokens of the request (cached ones included).
             output_tokens: Output tokens of the request.
+            cache_read_tokens: Input tokens served from the provider's prompt cache.
+            cache_write_tokens: Input tokens written to the provider's prompt cache.
         """
+        cached = {"cache_read_tokens": cache_read_tokens, "cache_write_tokens": cache_write_tokens}
         for totals, key in ((self._by_model, model), (self._by_stage, stage), (self._by_service, service_id)):
             bucket = totals.get(key)
             if bucket is None:
                 bucket = totals[key] = SpendTotals()
-            bucket.add(price, input_tokens, output_tokens)
-        self.total.add(price, input_tokens, output_tokens)
+            bucket.add(price, input_tokens, output_tokens, **cached)
+        self.total.add(price, input_tokens, output_tokens, **cached)
         if price.synthetic:
             self.synthetic_calls += 1
         if price.usd is None:

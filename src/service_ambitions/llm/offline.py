@@ -90,7 +90,12 @@ def _third_person(text: str) -> str:
 
 
 class _Prompt:
-    """The labelled data of one request."""
+    """The labelled data of one request.
+
+    Labels are found wherever they are in the user message (``LABEL: value`` lines, in any order):
+    the stage templates put the fixed ones first and ``SERVICE_CONTEXT`` and the per-plateau ones
+    last. A user message sent in parts (text around a cache point) is read as its joined text.
+    """
 
     def __init__(self, messages: list[ModelMessage]) -> None:
         self.system = ""
@@ -102,6 +107,8 @@ class _Prompt:
                         self.system = part.content
                     elif isinstance(part, UserPromptPart) and isinstance(part.content, str):
                         self.user = part.content
+                    elif isinstance(part, UserPromptPart):
+                        self.user = "".join(item for item in part.content if isinstance(item, str))
         self.labels: dict[str, str] = {match.group(1): match.group(2) for match in _LABEL.finditer(self.user)}
 
     def json(self, label: str, default: Any = None) -> Any:

@@ -25,6 +25,7 @@ METRIC_NAMES = (
     "sa_llm_queue_wait_seconds",
     "sa_llm_request_duration_seconds",
     "sa_llm_tokens_total",
+    "sa_llm_cached_tokens_total",
     "sa_llm_cost_usd_total",
     "sa_cache_requests_total",
     "sa_engine_services_total",
@@ -57,6 +58,11 @@ class RunMetrics:
             "sa_llm_request_duration_seconds", unit="s", description="Model request latency."
         )
         self.tokens = lf.metric_counter("sa_llm_tokens_total", unit="1", description="Tokens used.")
+        self.cached_tokens = lf.metric_counter(
+            "sa_llm_cached_tokens_total",
+            unit="1",
+            description="Input tokens served from the provider's prompt cache (part of the input tokens).",
+        )
         self.cost = lf.metric_counter("sa_llm_cost_usd_total", unit="USD", description="Priced cost.")
         self.cache_requests = lf.metric_counter(
             "sa_cache_requests_total", unit="1", description="Cache lookups by result (hit, miss, corrupt)."

@@ -95,13 +95,20 @@ class Window:
 
 
 class PrefixCache:
-    """OpenAI-style prompt caching: the longest prompt prefix seen before, in 128-token blocks."""
+    """OpenAI-style prompt caching: the longest prompt prefix seen before, in 128-token blocks.
+
+    As OpenAI documents it: only prompts of at least 1024 tokens are cached or served from the cache,
+    and a hit is at least 1024 tokens (then grows in 128-token steps), so a shorter common prefix
+    counts as a miss. A token is taken to be 4 characters.
+    """
 
     def __init__(self) -> None:
         self._seen: set[bytes] = set()
 
     def cached_tokens(self, prompt: str) -> int:
         """Tokens of ``prompt`` served from the cache (0 below 1024 tokens); remembers its prefixes."""
+        if len(prompt) // _CHARS_PER_TOKEN < CACHE_MIN_TOKENS:
+            return 0  # too short to be cached at all
         block = CACHE_BLOCK_TOKENS * _CHARS_PER_TOKEN
         blocks = len(prompt) // block
         digest = hashlib.sha256()
@@ -115,6 +122,5 @@ class PrefixCache:
             else:
                 missed = True
                 self._seen.add(key)
-        if len(prompt) // _CHARS_PER_TOKEN < CACHE_MIN_TOKENS:
-            return 0
-        return hits * CACHE_BLOCK_TOKENS
+        cached = hits * CACHE_BLOCK_TOKENS
+        return cached if cached >= CACHE_MIN_TOKENS else 0
