@@ -34,10 +34,17 @@ async def small_run(tmp: Path, **overrides: Any) -> None:
 
 
 async def test_metric_names(isolated: Path, capfire: CaptureLogfire) -> None:
-    await small_run(isolated)
+    await small_run(isolated, models_rate_limits={"offline": {"rpm": 6000, "tpm": 9_000_000}})
     metrics: list[dict[str, Any]] = capfire.get_collected_metrics()  # type: ignore[no-untyped-call]
     collected = {metric["name"]: metric for metric in metrics}
     expected = set(METRIC_NAMES) - {"sa_mapping_unknown_ids_total"}  # none dropped in this run
+    limits = collected["sa_llm_rate_limit"]["data"]["data_points"]
+    assert {
+        (point["attributes"]["limit"], point["value"], point["attributes"]["source"]) for point in limits
+    } == {
+        ("rpm", 6000, "configured"),
+        ("tpm", 9_000_000, "configured"),
+    }
     assert expected <= set(collected)
     submitted = collected["sa_llm_queue_submitted_total"]["data"]["data_points"]
     assert sum(point["value"] for point in submitted) == 42

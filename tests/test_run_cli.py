@@ -248,3 +248,17 @@ def test_invalid_redaction_pattern_exits_2(cli: Cli, isolated: Path, monkeypatch
     assert result.exit_code == 2
     assert "secret-[a-z" in result.stderr
     assert not (isolated / "evolutions.jsonl").exists()
+
+
+def test_summary_shows_the_rate_limits_in_force(cli: Cli, isolated: Path) -> None:
+    write_jsonl(isolated / "services.jsonl", [service("A")])
+    result = cli("run", "--model", "offline", "--rate-limit", "offline=rpm:6000", "--summary-json", "s.json")
+    assert result.exit_code == 0, result.stderr
+    assert "rate limits: offline 6000 rpm (configured)" in result.stderr
+    summary = json.loads((isolated / "s.json").read_text(encoding="utf-8"))
+    assert summary["rate_limits"]["offline"] == {
+        "rpm": 6000,
+        "tpm": None,
+        "source": "configured",
+        "throttled_429": 0,
+    }

@@ -83,6 +83,7 @@ def summary_data(context: RunContext, report: RunReport) -> dict[str, Any]:
         "tokens": {"input": stats.input_tokens, "output": stats.output_tokens},
         "cost": gateway.ledger.snapshot(),
         "prompt_cache": prompt_cache_data(gateway.ledger),
+        "rate_limits": gateway.limits_in_force(),
         "latency_seconds": {
             stage: _percentiles(samples) for stage, samples in sorted(gateway.durations.items())
         },
@@ -117,6 +118,16 @@ def _prompt_cache_line(data: dict[str, Any]) -> str | None:
     )
 
 
+def _rate_limits_line(limits: dict[str, dict[str, Any]]) -> str | None:
+    """``rate limits: openai:gpt-5-mini 500 rpm / 200000 tpm (provider), 2 x 429`` per model called."""
+    parts = []
+    for model, item in limits.items():
+        figures = " / ".join(f"{item[kind]} {kind}" for kind in ("rpm", "tpm") if item.get(kind))
+        throttled = f", {item['throttled_429']} x 429" if item.get("throttled_429") else ""
+        parts.append(f"{model} {figures or 'none'} ({item.get('source')}{throttled})")
+    return "  rate limits: " + "; ".join(parts) if parts else None
+
+
 def render_summary(data: dict[str, Any]) -> str:
     """The one-screen text summary."""
     services = data["services"]
@@ -145,6 +156,9 @@ def render_summary(data: dict[str, Any]) -> str:
     cache_line = _prompt_cache_line(data)
     if cache_line:
         lines.append(cache_line)
+    limits_line = _rate_limits_line(data.get("rate_limits") or {})
+    if limits_line:
+        lines.append(limits_line)
     by_model = cost.get("by_model") or {}
     if by_model:
         lines.append(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import logfire
@@ -27,6 +27,7 @@ METRIC_NAMES = (
     "sa_llm_tokens_total",
     "sa_llm_cached_tokens_total",
     "sa_llm_cost_usd_total",
+    "sa_llm_rate_limit",
     "sa_cache_requests_total",
     "sa_engine_services_total",
     "sa_mapping_unknown_ids_total",
@@ -75,6 +76,34 @@ class RunMetrics:
             unit="1",
             description="Mapping contributions naming unknown items.",
         )
+
+    def observe_rate_limits(self, read: Callable[[], Mapping[str, Mapping[str, object]]]) -> None:
+        """Export ``sa_llm_rate_limit`` (labels model_name, limit=rpm|tpm, source) from ``read()``.
+
+        ``read`` returns, per model, the limits in force and where they came from (the gateway's
+        ``limits_in_force``); it is called whenever metrics are collected.
+        """
+        from opentelemetry.metrics import CallbackOptions, Observation  # noqa: PLC0415
+
+        def collect(_options: CallbackOptions) -> Iterable[Observation]:
+            observations = []
+            with self.safely():
+                for model_name, limits in read().items():
+                    for kind in ("rpm", "tpm"):
+                        value = limits.get(kind)
+                        if isinstance(value, int):
+                            source = str(limits.get("source"))
+                            attributes = {"model_name": model_name, "limit": kind, "source": source}
+                            observations.append(Observation(value, attributes))
+            return observations
+
+        with self.safely():
+            self.logfire.metric_gauge_callback(
+                "sa_llm_rate_limit",
+                [collect],
+                unit="1/min",
+                description="Rate limit in force per model (requests or tokens per minute) and its source.",
+            )
 
     @contextlib.contextmanager
     def safely(self) -> Iterator[None]:
