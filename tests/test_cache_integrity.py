@@ -136,8 +136,84 @@ def test_cache_validate_and_purge_cli(cli: Cli, isolated: Path) -> None:
     everything = cli("cache", "purge", "--cache-dir", "c", "--all")
     assert everything.exit_code == 0
     assert list((isolated / "c" / "entries").rglob("*.json")) == []
-    assert cli("cache", "purge", "--cache-dir", "c").exit_code == 2
+    assert cli("cache", "purge", "--cache-dir", "c").exit_code == 0  # no selector: a repair, nothing to do
     assert cli("cache", "validate", "--cache-dir", "nowhere").exit_code == 2
+
+
+def _damage(cache_dir: Path) -> tuple[list[Path], dict[str, str]]:
+    """Spoil four payloads four ways; return every payload and the expected finding kind by path."""
+    entries = sorted((cache_dir / "entries").rglob("*.json"))
+    entries[0].write_bytes(b"{}")
+    entries[1].unlink()
+    temp = entries[2].parent / f".{entries[2].name}.abc.tmp"
+    temp.write_bytes(b"partial")
+    orphan = entries[3].parent / ("f" * 64 + ".json")
+    orphan.write_bytes(b"{}")
+    expected = {
+        str(entries[0]): "hash_mismatch",
+        str(entries[1]): "missing_payload",
+        str(temp): "temp_file",
+        str(orphan): "orphan_file",
+    }
+    return entries, expected
+
+
+@pytest.mark.parametrize("command", [("validate", "--repair"), ("purge",)])
+def test_repair_removes_exactly_what_validate_reports(
+    cli: Cli, isolated: Path, command: tuple[str, ...]
+) -> None:
+    shutil.copy(SAMPLES, isolated / "services.jsonl")
+    assert cli("run", "--cache-dir", "c", "--max-services", "2").exit_code == 0
+    entries, expected = _damage(Path("c"))
+    healthy = {path: path.read_bytes() for path in entries[2:]}
+    reported = cli("cache", "validate", "--cache-dir", "c")
+    assert reported.exit_code == 5
+    assert "cache validate --repair" in reported.stderr
+    found = {line.split("\t")[1]: line.split("\t")[0] for line in reported.stdout.splitlines()}
+    assert found == expected
+
+    repaired = cli("cache", *command, "--cache-dir", "c")
+
+    assert repaired.exit_code == 0, repaired.stderr
+    removed = {line.split("\t")[2]: line.split("\t")[1] for line in repaired.stdout.splitlines()}
+    assert removed == expected
+    assert all(line.startswith("removed\t") for line in repaired.stdout.splitlines())
+    assert "removed 4 finding(s) (2 entries, 2 file(s)" in repaired.stderr
+    assert "is clean" in repaired.stderr
+    assert {path: path.read_bytes() for path in entries[2:]} == healthy  # verified entries untouched
+    assert cli("cache", "validate", "--cache-dir", "c").exit_code == 0
+    cache = ResponseCache(isolated / "c")
+    assert cache.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == 2 * 22 - 2
+    cache.close()
+
+
+def test_repair_dry_run_and_json(cli: Cli, isolated: Path) -> None:
+    shutil.copy(SAMPLES, isolated / "services.jsonl")
+    assert cli("run", "--cache-dir", "c", "--max-services", "1").exit_code == 0
+    _, expected = _damage(Path("c"))
+    dry = cli("cache", "purge", "--cache-dir", "c", "--dry-run")
+    assert dry.exit_code == 0
+    assert {line.split("\t")[2] for line in dry.stdout.splitlines()} == set(expected)
+    assert all(line.startswith("would remove\t") for line in dry.stdout.splitlines())
+    assert cli("cache", "validate", "--cache-dir", "c").exit_code == 5  # nothing was removed
+    as_json = cli("cache", "validate", "--cache-dir", "c", "--repair", "--json")
+    assert as_json.exit_code == 0
+    rows = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert {row["path"]: row["kind"] for row in rows} == expected
+    assert {row["action"] for row in rows} == {"removed"}
+
+
+def test_repair_replaces_an_unusable_manifest(cli: Cli, isolated: Path) -> None:
+    shutil.copy(SAMPLES, isolated / "services.jsonl")
+    assert cli("run", "--cache-dir", "c", "--max-services", "1").exit_code == 0
+    before = _spoil_manifest(isolated / "c", "garbage")
+    repaired = cli("cache", "validate", "--repair", "--cache-dir", "c")
+    assert repaired.exit_code == 0, repaired.stderr
+    kinds = [line.split("\t")[1] for line in repaired.stdout.splitlines()]
+    assert kinds == ["bad_manifest"] + ["orphan_file"] * 22
+    assert "moved the unusable manifest to c/manifest.sqlite3.corrupt-1" in repaired.stderr
+    assert (isolated / "c" / "manifest.sqlite3.corrupt-1").read_bytes() == before
+    assert cli("cache", "validate", "--cache-dir", "c").exit_code == 0
 
 
 def test_two_processes_share_a_cache(isolated: Path) -> None:

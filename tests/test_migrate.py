@@ -12,10 +12,12 @@ from typer.testing import CliRunner
 
 from service_ambitions import __version__
 from service_ambitions.cli.migrate import migrate
+from service_ambitions.domain.ids import feature_id
 from service_ambitions.domain.reference import Role
 from service_ambitions.errors import InputError, UsageError
 from service_ambitions.store.migrate import (
     MIGRATIONS,
+    UNKNOWN_MODEL,
     MigrationOptions,
     migrate_file,
     supported_migrations,
@@ -254,13 +256,104 @@ def test_meta_type_error_names_the_field(isolated: Path) -> None:
     assert ":2: meta.seed:" in result.stderr
 
 
-def test_missing_stage_model_is_an_input_error(isolated: Path) -> None:
+def test_empty_meta_models_are_accepted(isolated: Path) -> None:
     lines = fixture_lines()
-    del lines[0]["meta"]["models"]["mapping"]
+    for line in lines:
+        line["meta"]["models"] = {}
     source = write_jsonl(isolated / "old.jsonl", lines)
-    result = run_migrate(source, isolated / "new.jsonl")
-    assert result.exit_code == 3
-    assert ":1: meta.models: no model recorded for the mapping stage" in result.stderr
+    output = isolated / "new.jsonl"
+
+    result = run_migrate(source, output)
+
+    assert result.exit_code == 0, result.stderr
+    parsed = read_evolutions(output)
+    assert parsed.header.models == {}
+    assert parsed.header.migrated_from is not None
+    for entry in parsed.header.migrated_from:
+        assert entry["meta"]["models"] == {}  # every meta value is kept, the empty one too
+    for record, line in zip(parsed.records, lines, strict=True):
+        assert record.provenance.descriptions == UNKNOWN_MODEL
+        assert {item.features for item in record.provenance.plateaus} == {UNKNOWN_MODEL}
+        assert all(set(item.mapping.values()) == {UNKNOWN_MODEL} for item in record.provenance.plateaus)
+        assert [plateau.description for plateau in record.plateaus] == [
+            plateau["service_description"] for plateau in line["plateaus"]
+        ]
+    report = migrate_file(source, isolated / "api.jsonl", from_version="1.0", to_version="1.1")
+    assert len(report.notes.models_unrecorded) == 3 * 3  # three records, three stages each
+    assert any("no model recorded in meta.models" in line for line in report.notes.summary())
+
+
+def test_partial_meta_models_keep_what_is_recorded(isolated: Path) -> None:
+    lines = fixture_lines()[:1]
+    lines[0]["meta"]["models"] = {"descriptions": "openai:gpt-5"}
+    source = write_jsonl(isolated / "old.jsonl", lines)
+    output = isolated / "new.jsonl"
+    assert run_migrate(source, output).exit_code == 0
+    parsed = read_evolutions(output)
+    assert parsed.header.models == {"descriptions": "openai:gpt-5"}
+    record = parsed.records[0]
+    assert record.provenance.descriptions == "openai:gpt-5"
+    assert {item.features for item in record.provenance.plateaus} == {UNKNOWN_MODEL}
+
+
+def test_feature_ids_that_break_todays_rule_are_kept_and_reported(isolated: Path) -> None:
+    lines = fixture_lines()
+    feature = lines[1]["plateaus"][1]["features"][0]
+    feature["feature_id"] = "LEGACY-7"
+    expected = feature_id(feature["name"], feature["customer_type"], lines[1]["plateaus"][1]["plateau_name"])
+    source = write_jsonl(isolated / "old.jsonl", lines)
+    output = isolated / "new.jsonl"
+
+    report = migrate_file(source, output, from_version="1.0", to_version="1.1")
+
+    assert report.notes.nonconforming_ids == [
+        {
+            "service_id": lines[1]["service"]["service_id"],
+            "plateau": lines[1]["plateaus"][1]["plateau_name"],
+            "feature_id": "LEGACY-7",
+            "expected": expected,
+        }
+    ]
+    assert "1 feature id(s) do not follow today's id rule and were kept as they are: LEGACY-7" in (
+        report.notes.summary()
+    )
+    ids = [item.feature_id for item in read_evolutions(output).records[1].plateaus[1].features]
+    assert "LEGACY-7" in ids
+    assert run_migrate(source, isolated / "cli.jsonl").exit_code == 0
+
+
+def test_optional_1_0_fields_may_be_missing(isolated: Path) -> None:
+    lines = fixture_lines()
+    record = lines[0]
+    for key in ("schema_version", "seed", "web_search", "context_window", "diagnostics", "created"):
+        del record["meta"][key]
+    record["meta"]["diagnostics"] = True
+    plateau = record["plateaus"][0]
+    del plateau["mappings"]
+    del plateau["features"][0]["mappings"]
+    contribution = plateau["features"][1]["mappings"]["applications"][0]
+    contribution["rationale"] = "Holds the applicant record."  # written by 1.0 runs in diagnostics mode
+    del record["plateaus"][1]["features"]
+    lines[2]["plateaus"] = []
+    source = write_jsonl(isolated / "old.jsonl", lines)
+    output = isolated / "new.jsonl"
+
+    result = run_migrate(source, output)
+
+    assert result.exit_code == 0, result.stderr
+    parsed = read_evolutions(output)
+    assert parsed.header.migrated_from is not None
+    assert parsed.header.migrated_from[0]["meta"] == record["meta"]
+    assert parsed.records[0].plateaus[1].features == []
+    first = next(
+        f
+        for f in parsed.records[0].plateaus[0].features
+        if f.feature_id == plateau["features"][0]["feature_id"]
+    )
+    assert all(items == [] for items in first.mappings.values())
+    assert parsed.records[2].plateaus == []
+    report = migrate_file(source, isolated / "api.jsonl", from_version="1.0", to_version="1.1")
+    assert report.notes.rationales_dropped == 1
 
 
 def test_empty_input_is_an_input_error(isolated: Path) -> None:

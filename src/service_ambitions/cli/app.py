@@ -7,9 +7,11 @@ from typing import Annotated
 import typer
 
 from service_ambitions import __version__
-from service_ambitions.cli import migrate, preflight, run, validate
+from service_ambitions.cli import export, migrate, preflight, report, run, validate
 from service_ambitions.cli.cache import cache_app
+from service_ambitions.cli.map import map_command
 from service_ambitions.cli.quarantine import quarantine_app
+from service_ambitions.cli.reverse import reverse
 
 __all__ = ["app", "main"]
 
@@ -49,6 +51,10 @@ app.command("run")(run.run)
 app.command("validate")(validate.validate)
 app.command("preflight")(preflight.preflight)
 app.command("migrate")(migrate.migrate)
+app.command("report")(report.report)
+app.command("export")(export.export)
+app.command("map")(map_command)
+app.command("reverse")(reverse)
 app.add_typer(cache_app, name="cache")
 app.add_typer(quarantine_app, name="quarantine")
 

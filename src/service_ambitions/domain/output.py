@@ -127,3 +127,12 @@ class Header(_Record):
     input_digest: str
     settings: dict[str, Any]
     migrated_from: list[dict[str, Any]] | None = None
+    source_digest: str | None = Field(
+        default=None,
+        description="SHA-256 of the evolutions or features file the records were read from (map, reverse).",
+    )
+    stage_digests: dict[str, str] | None = Field(
+        default=None,
+        description="Per stage (mapping: per set, 'mapping:<field>'), a digest of the cache keys the stage's "
+        "calls had for a fixed probe record: equal digests mean equal models, settings, prompts and content.",
+    )

@@ -1,27 +1,35 @@
-"""The :class:`ProcessingEngine`: streams services through the pipeline, bounded, in input order.
+"""The :class:`ProcessingEngine`: streams a batch of jobs through the pipeline, bounded, in input order.
 
-Capacity (``concurrency``) is acquired *before* a service task is spawned and released only when
-its record has been written, so at most ``concurrency`` services are in flight or waiting in the
+A run is a :class:`Batch`: a header and a stream of :class:`Job` items (and bad input lines). A job is
+one service and the coroutine that makes its record: the whole pipeline for ``run``
+(:meth:`ProcessingEngine._batch`), the mapping stage over an existing record for ``map``
+(``engine/remap.py`` overrides ``_batch``). Everything else is shared: resume, bounded admission,
+budget, record cache, reorder buffer, writer, quarantine, failure accounting and the report.
+
+Capacity (``concurrency``) is acquired *before* a job's task is spawned and released only when
+its record has been written, so at most ``concurrency`` jobs are in flight or waiting in the
 reorder buffer: memory stays O(concurrency) whatever the input size.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
+from typing import IO
 
 from service_ambitions.content.render import service_json
 from service_ambitions.context import RunContext, settings_digest
-from service_ambitions.domain.inputs import ServiceInput
 from service_ambitions.domain.output import Header
+from service_ambitions.engine.answers import stage_digests
+from service_ambitions.engine.batch import STDOUT, Batch, Job, RecordCache, StreamWriter, Writer, check_source
 from service_ambitions.engine.estimate import estimate_service_cost
 from service_ambitions.engine.pipeline import ServicePipeline, ServiceResult
 from service_ambitions.engine.problems import Problem
@@ -33,21 +41,17 @@ from service_ambitions.errors import (
     PipelineError,
     QuarantineKind,
     ServiceAmbitionsError,
+    UsageError,
 )
 from service_ambitions.llm.cost import Reservation
-from service_ambitions.llm.providers import parse_model_id
-from service_ambitions.store.cache import cache_key
-from service_ambitions.store.inputs import BadLine, InputLine, file_digest, read_services
+from service_ambitions.store.inputs import BadLine, file_digest, read_services
 from service_ambitions.store.quarantine import QuarantineStore, quarantine_dir_for
 from service_ambitions.store.resume import prepare_resume
 from service_ambitions.store.writer import OutputWriter, discard_partial, partial_path_for, publish_partial
 
-__all__ = ["ProcessingEngine", "RunReport", "run_id_for"]
+__all__ = ["STDOUT", "Batch", "Job", "ProcessingEngine", "RunReport", "run_id_for"]
 
 log = logging.getLogger("service_ambitions.engine")
-
-RECORD_FORMAT = 1
-"""Bumped whenever assembly changes what a record holds for the same answers."""
 
 SYSTEMIC_FAILURE_LIMIT = 3
 """Consecutive services failing the same systemic way (no connection, bad key, no quota) before the
@@ -106,9 +110,17 @@ class _Slot:
 class ProcessingEngine:
     """Runs a batch: input file in, output file (+ quarantine) out."""
 
-    def __init__(self, context: RunContext, *, debug: bool = False) -> None:
+    def __init__(self, context: RunContext, *, debug: bool = False, stream: IO[bytes] | None = None) -> None:
+        """Create the engine.
+
+        Args:
+            context: The run's collaborators.
+            debug: Let unexpected errors inside a job raise instead of quarantining the job.
+            stream: Where the records go when the output path is ``-`` (:data:`STDOUT`).
+        """
         self.context = context
         self.debug = debug
+        self.stream = stream
         self._systemic_streak: tuple[str, int, str] | None = None
         self.report: RunReport | None = None
         self.on_progress: Callable[[RunReport], None] | None = None
@@ -122,47 +134,7 @@ class ProcessingEngine:
             stage_timeouts=self.settings.stage_timeouts,
             watchdog=self.watchdog,
         )
-        self._record_basis = {
-            "kind": "record",
-            "record_format": RECORD_FORMAT,
-            "tool": context.tool_version,
-            "git": context.git_sha,
-            "settings": settings_digest(self.settings, context.content),
-            "models": {
-                stage: parse_model_id(model).cache_identity
-                for stage, model in self.settings.stage_models().items()
-            },
-        }
-
-    def _record_key(self, service: ServiceInput) -> str:
-        return cache_key({**self._record_basis, "service": service_json(service)})
-
-    def _cached_result(self, key: str) -> ServiceResult | None:
-        payload = self.context.cache.get(key)
-        if payload is None:
-            return None
-        try:
-            # The entry passed its SHA-256 check, so the line is byte for byte the validated record
-            # this run's settings produced before; it is written back without re-validation.
-            return ServiceResult(
-                record=None,
-                line=str(payload["line"]).encode("utf-8"),
-                problems=[Problem(**problem) for problem in payload["problems"]],
-                unknown_ids=int(payload["unknown_ids"]),
-            )
-        except (KeyError, TypeError, ValueError):
-            self.context.cache.stats.corrupt += 1
-            return None
-
-    def _store_result(self, key: str, result: ServiceResult) -> None:
-        self.context.cache.put(
-            key,
-            {
-                "line": result.line_bytes().decode("utf-8"),
-                "problems": [dataclasses.asdict(problem) for problem in result.problems],
-                "unknown_ids": result.unknown_ids,
-            },
-        )
+        self.records = RecordCache(context)
 
     def header(self, input_digest: str, run_id: str) -> Header:
         """The header line of the output."""
@@ -178,7 +150,32 @@ class ProcessingEngine:
             catalogue_hash=self.context.content.catalogue_hash,
             input_digest=input_digest,
             settings={**settings.output_affecting(), "content_digest": self.context.content.digest},
+            stage_digests=stage_digests(self.context.content, self.context.gateway),
         )
+
+    def _batch(self, input_path: Path) -> Batch:
+        """The batch of a services file: every service through the whole pipeline."""
+        input_digest = file_digest(input_path)
+        run_id = run_id_for(
+            input_digest, settings_digest(self.settings, self.context.content), self.settings.seed
+        )
+        return Batch(header=self.header(input_digest, run_id), items=self._service_jobs(input_path))
+
+    def _service_jobs(self, input_path: Path) -> Iterator[Job | BadLine]:
+        for item in read_services(input_path, redact=self.context.redactor.redact_obj):
+            if isinstance(item, BadLine):
+                yield item
+                continue
+            yield Job(
+                line=item.line,
+                service_id=item.service.service_id,
+                key_parts={"service": service_json(item.service)},
+                work=partial(self.pipeline.run, item.service),
+            )
+
+    def _job_estimate(self) -> Decimal:
+        """The pre-run cost estimate of one job (the first budget reservations use it)."""
+        return estimate_service_cost(self.context)
 
     async def run(
         self, input_path: Path, output_path: Path, *, max_services: int | None = None, resume: bool = False
@@ -186,55 +183,26 @@ class ProcessingEngine:
         """Process every service of ``input_path`` into ``output_path``.
 
         Args:
-            input_path: The services file.
-            output_path: The output file (its quarantine lives beside it).
+            input_path: The services file (``map``'s :class:`~service_ambitions.engine.remap.RemapEngine`:
+                the evolutions or features file whose records it maps).
+            output_path: The output file (its quarantine lives beside it); ``-`` writes the records to the
+                engine's ``stream`` (no partial file, no resume).
             max_services: Process at most this many services (in this run).
             resume: Continue an existing output instead of replacing it.
 
         Raises:
             InputError: The input file cannot be read.
             ResumeRefused: ``resume`` and the output was made from other input, settings or schema.
+            UsageError: ``resume`` with ``-`` as the output.
         """
         started = time.perf_counter()
-        input_digest = file_digest(input_path)
-        run_id = run_id_for(
-            input_digest, settings_digest(self.settings, self.context.content), self.settings.seed
-        )
-        report = RunReport(run_id=run_id, output=output_path)
-        header = self.header(input_digest, run_id)
-        partial = partial_path_for(output_path)
-        # A resume continues the run in progress: the partial output when a fresh run left one.
-        target = partial if resume and partial.exists() else output_path
-        redact = self.context.redactor.redact_obj
-        quarantine = QuarantineStore(quarantine_dir_for(target), redact=redact)
-        skip: set[str] = set()
-        state = prepare_resume(target, header, quarantine) if resume else None
-        if state is not None and state.header is not None:
-            writer = OutputWriter(target)
-            skip = state.skip
-            report.resumed = len(state.done)
-            report.skipped_failed = len(state.quarantined)
-            report.repaired_bytes = state.repaired_bytes
-            writer.open_append()
-            log.info(
-                "resuming %s: %d record(s) done, %d quarantined service(s) skipped",
-                target,
-                len(state.done),
-                len(state.quarantined),
-            )
-        else:
-            # A fresh run never touches an existing output: it writes the partial file and renames
-            # it over the output at the end.
-            discard_partial(output_path)
-            target = partial
-            writer = OutputWriter(target)
-            quarantine = QuarantineStore(quarantine_dir_for(target), redact=redact)
-            quarantine.reset()
-            writer.start(header)
+        batch = self._batch(input_path)
+        report = RunReport(run_id=batch.header.run_id, output=output_path)
+        writer, target, quarantine, skip = self._open_output(batch.header, output_path, report, resume=resume)
         self.watchdog.start(asyncio.get_running_loop())
         self.report = report
         try:
-            await self._process(input_path, writer, quarantine, report, max_services, skip)
+            await self._process(batch.items, writer, quarantine, report, max_services, skip)
         except asyncio.CancelledError:
             # Interrupted: cancelled services were not written (a resume redoes them, from the cache
             # where their calls finished); every finished record was written before we got here.
@@ -254,10 +222,59 @@ class ProcessingEngine:
             log.warning("input %s holds no services: the output has a header only", input_path)
         return report
 
+    def _open_output(
+        self, header: Header, output_path: Path, report: RunReport, *, resume: bool
+    ) -> tuple[Writer, Path, QuarantineStore, set[str]]:
+        """The writer, the file it writes, its quarantine and the services to skip (resume).
+
+        Raises:
+            ResumeRefused: ``resume`` and the output was made from other input, settings or schema.
+            UsageError: ``resume`` with records on stdout, or stdout without a stream.
+        """
+        redact = self.context.redactor.redact_obj
+        if output_path == STDOUT:
+            if resume:
+                raise UsageError("--resume needs an output file: records written to stdout cannot be resumed")
+            if self.stream is None:
+                raise UsageError("this command cannot write its records to stdout (--output-file -)")
+            stream = StreamWriter(self.stream)
+            quarantine = QuarantineStore(quarantine_dir_for(STDOUT), redact=redact)
+            quarantine.reset()
+            stream.start(header)
+            return stream, STDOUT, quarantine, set()
+        partial_output = partial_path_for(output_path)
+        # A resume continues the run in progress: the partial output when a fresh run left one.
+        target = partial_output if resume and partial_output.exists() else output_path
+        if resume:
+            check_source(target, header)
+            quarantine = QuarantineStore(quarantine_dir_for(target), redact=redact)
+            state = prepare_resume(target, header, quarantine)
+            if state.header is not None:
+                writer = OutputWriter(target)
+                report.resumed = len(state.done)
+                report.skipped_failed = len(state.quarantined)
+                report.repaired_bytes = state.repaired_bytes
+                writer.open_append()
+                log.info(
+                    "resuming %s: %d record(s) done, %d quarantined service(s) skipped",
+                    target,
+                    len(state.done),
+                    len(state.quarantined),
+                )
+                return writer, target, quarantine, state.skip
+        # A fresh run never touches an existing output: it writes the partial file and renames
+        # it over the output at the end.
+        discard_partial(output_path)
+        writer = OutputWriter(partial_output)
+        quarantine = QuarantineStore(quarantine_dir_for(partial_output), redact=redact)
+        quarantine.reset()
+        writer.start(header)
+        return writer, partial_output, quarantine, set()
+
     @staticmethod
     def _settle(target: Path, output: Path, report: RunReport) -> Path:
         """Publish a partial output when the run is complete or there is no earlier output to keep."""
-        if target == output:
+        if target == output:  # resumed in place, or written to stdout
             return output
         if report.completed or not output.exists():
             publish_partial(output)
@@ -272,8 +289,8 @@ class ProcessingEngine:
 
     async def _process(
         self,
-        input_path: Path,
-        writer: OutputWriter,
+        items: Iterable[Job | BadLine],
+        writer: Writer,
         quarantine: QuarantineStore,
         report: RunReport,
         max_services: int | None,
@@ -295,30 +312,30 @@ class ProcessingEngine:
                 if self.on_progress is not None:
                     self.on_progress(report)
 
-        async def one(index: int, item: InputLine, hold: Reservation | None) -> None:
+        async def one(index: int, job: Job, hold: Reservation | None) -> None:
             slot = slots[index]
             try:
-                slot.result = await self._service(item, quarantine, report)
+                slot.result = await self._service(job, quarantine, report)
             finally:
                 if hold is not None:
-                    spent = self.context.gateway.ledger.by_service.get(item.service.service_id)
+                    spent = self.context.gateway.ledger.by_service.get(job.service_id)
                     hold.settle(spent.usd if spent is not None else None)
                 slot.done = True
                 drain()
 
         stopped = False
         async with asyncio.TaskGroup() as group:
-            for item in read_services(input_path, redact=self.context.redactor.redact_obj):
+            for item in items:
                 report.services_seen += 1
                 if isinstance(item, BadLine):
                     self._bad_line(item, quarantine, report)
                     continue
-                if item.service.service_id in skip:
+                if item.service_id in skip:
                     report.skipped += 1
                     continue
                 if max_services is not None and scheduled >= max_services:
                     break
-                admitted, hold = await self._admit(capacity, item.service.service_id, report)
+                admitted, hold = await self._admit(capacity, item.service_id, report)
                 if not admitted:
                     stopped = True
                     break
@@ -375,7 +392,7 @@ class ProcessingEngine:
         if finished and ledger.total_usd > 0:
             return ledger.total_usd / finished
         if self._pre_estimate is None:
-            self._pre_estimate = estimate_service_cost(self.context)
+            self._pre_estimate = self._job_estimate()
         return self._pre_estimate
 
     def _bad_line(self, item: BadLine, quarantine: QuarantineStore, report: RunReport) -> None:
@@ -392,23 +409,23 @@ class ProcessingEngine:
         )
 
     async def _service(
-        self, item: InputLine, quarantine: QuarantineStore, report: RunReport
+        self, job: Job, quarantine: QuarantineStore, report: RunReport
     ) -> ServiceResult | None:
-        service_id = item.service.service_id
-        key = self._record_key(item.service)
+        service_id = job.service_id
+        key = self.records.key(job)
         try:
-            result = self._cached_result(key)
+            result = self.records.get(key)
             if result is None:
-                result = await self.pipeline.run(item.service)
-                self._store_result(key, result)
+                result = await job.work()
+                self.records.put(key, result)
             else:
                 report.from_cache += 1
             report.unknown_ids += result.unknown_ids
             self._check_strict(
-                service_id, self._record_problems(service_id, item.line, result.problems, quarantine, report)
+                service_id, self._record_problems(service_id, job.line, result.problems, quarantine, report)
             )
         except PipelineError as exc:
-            self._failed(item, exc, quarantine, report)
+            self._failed(job, exc, quarantine, report)
             return None
         except Exception as exc:
             if self.debug:
@@ -421,7 +438,7 @@ class ProcessingEngine:
                 kind=QuarantineKind.INTERNAL,
                 payload={"traceback": traceback.format_exception(exc)},
             )
-            self._failed(item, internal, quarantine, report)
+            self._failed(job, internal, quarantine, report)
             return None
         self._systemic_streak = None
         report.services_ok += 1
@@ -448,10 +465,8 @@ class ProcessingEngine:
                 payload={"problems": [problem.error for problem in fatal]},
             )
 
-    def _failed(
-        self, item: InputLine, exc: PipelineError, quarantine: QuarantineStore, report: RunReport
-    ) -> None:
-        service_id = item.service.service_id
+    def _failed(self, job: Job, exc: PipelineError, quarantine: QuarantineStore, report: RunReport) -> None:
+        service_id = job.service_id
         metrics = self.context.gateway.metrics
         metrics.add(metrics.services, 1, {"outcome": "failed"})
         report.services_failed += 1
@@ -468,7 +483,7 @@ class ProcessingEngine:
             error=str(exc),
             payload=payload,
             run_id=report.run_id,
-            line=item.line,
+            line=job.line,
         )
         self._count_systemic(systemic, exc.message, report)
 

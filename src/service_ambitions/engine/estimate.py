@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -78,6 +79,7 @@ def estimate_calls(context: RunContext) -> list[CallEstimate]:
     return estimates
 
 
-def estimate_service_cost(context: RunContext) -> Decimal:
-    """Expected cost of one service (unpriced stages count as 0)."""
-    return sum((item.usd or Decimal(0) for item in estimate_calls(context)), Decimal(0))
+def estimate_service_cost(context: RunContext, stages: Collection[str] | None = None) -> Decimal:
+    """Expected cost of one service (unpriced stages count as 0), of ``stages`` only when given."""
+    rows = [item for item in estimate_calls(context) if stages is None or item.stage in stages]
+    return sum((item.usd or Decimal(0) for item in rows), Decimal(0))

@@ -3,7 +3,13 @@
 Per plateau, the features call and then the mapping calls run as one task; up to
 ``plateau_concurrency`` plateaus run at once, so the features of plateau N+1 overlap the mappings
 of plateau N. The result does not depend on the overlap: every plateau is assembled on its own and
-placed by level.
+placed by level. :meth:`ServicePipeline.remap` runs the mapping stage alone over the plateaus of an
+existing record (``map``).
+
+The user prompt of every call is built by :func:`descriptions_prompt`, :func:`features_prompt` and
+:func:`mapping_prompt`, and a features answer becomes features by :func:`features_from_answer`: the cache
+keys (and ``reverse``, which seeds the cache with the answers a record implies) depend on them byte
+for byte, so nothing else builds prompts.
 """
 
 from __future__ import annotations
@@ -32,17 +38,105 @@ from service_ambitions.domain.output import (
     ServiceEvolution,
     SupportingItem,
 )
-from service_ambitions.domain.reference import Plateau
-from service_ambitions.domain.responses import FEATURE_IDS, FeatureItem
+from service_ambitions.domain.reference import Catalogue, Plateau, Role
+from service_ambitions.domain.responses import FEATURE_IDS, FeatureItem, match_key
 from service_ambitions.engine.assemble import assemble_plateau
 from service_ambitions.engine.mapping import merge_mapping
 from service_ambitions.engine.problems import Problem
 from service_ambitions.engine.watchdog import Watchdog
-from service_ambitions.errors import QuarantineKind, StageTimeout
+from service_ambitions.errors import PipelineError, QuarantineKind, StageTimeout
 from service_ambitions.llm.gateway import Gateway
 from service_ambitions.settings import StageTimeouts
+from service_ambitions.store.migrate import UNKNOWN_MODEL
 
-__all__ = ["ServicePipeline", "ServiceResult"]
+__all__ = [
+    "ServicePipeline",
+    "ServiceResult",
+    "descriptions_prompt",
+    "feature_listing",
+    "features_from_answer",
+    "features_prompt",
+    "mapping_prompt",
+]
+
+
+def descriptions_prompt(content: Content, service: ServiceInput) -> str:
+    """The user prompt of a service's descriptions call."""
+    prompt = render_template(content.templates["descriptions"], descriptions_values(content.plateaus))
+    return user_content(service, prompt)
+
+
+def features_prompt(content: Content, service: ServiceInput, plateau: Plateau, description: str) -> str:
+    """The user prompt of the features call of one plateau, given the service's description there."""
+    prompt = render_template(
+        content.templates["features"], features_values(plateau, description, content.roles)
+    )
+    return user_content(service, prompt)
+
+
+def mapping_prompt(
+    content: Content,
+    service: ServiceInput,
+    plateau: Plateau,
+    catalogue: Catalogue,
+    listing: list[dict[str, str]],
+) -> str:
+    """The user prompt of one plateau's mapping call for one set (``listing``: :func:`feature_listing`)."""
+    prompt = render_template(content.templates["mapping"], mapping_values(plateau, catalogue, listing))
+    return user_content(service, prompt)
+
+
+def feature_listing(features: list[PlateauFeature]) -> list[dict[str, str]]:
+    """The plateau's features as the mapping prompt shows them."""
+    return [{"id": item.feature_id, "name": item.name, "description": item.description} for item in features]
+
+
+def features_from_answer(
+    content: Content, plateau: Plateau, answer: Any
+) -> tuple[list[PlateauFeature], list[Problem]]:
+    """The features of one plateau from a validated features answer, with their ids; repeats are dropped.
+
+    Returns:
+        The features in role order, then answer order, and a problem per dropped repeat.
+    """
+    by_role = answer.features
+    features: list[PlateauFeature] = []
+    problems: list[Problem] = []
+    seen: dict[str, PlateauFeature] = {}
+    for index, role in enumerate(content.roles):
+        items: list[FeatureItem] = getattr(by_role, f"role_{index}")
+        for item in items:
+            identifier = feature_id(item.name, role.role_id, plateau.name)
+            feature = PlateauFeature(
+                feature_id=identifier,
+                name=item.name,
+                description=item.description,
+                score=item.score,
+                customer_type=role.role_id,
+                role=role,
+            )
+            if identifier in seen:
+                first = seen[identifier]
+                problems.append(
+                    Problem(
+                        QuarantineKind.SCHEMA_MISMATCH,
+                        "features",
+                        f"duplicate feature id {identifier} at plateau {plateau.name}: "
+                        f"{item.name!r} for {role.role_id} repeats "
+                        f"{first.name!r} for {first.customer_type}; "
+                        "the repeat was dropped",
+                        {
+                            "plateau": plateau.level,
+                            "feature_id": identifier,
+                            "kept": first.model_dump(mode="json"),
+                            "dropped": feature.model_dump(mode="json"),
+                        },
+                    )
+                )
+                continue
+            seen[identifier] = feature
+            features.append(feature)
+    return features, problems
 
 
 @dataclass
@@ -70,6 +164,8 @@ class _FeaturesDone:
     features: list[PlateauFeature]
     model: str
     problems: list[Problem]
+    roles: list[Role] | None = None
+    """The roles to group by: the configured ones (None), or those of the record being re-mapped."""
 
 
 @dataclass
@@ -190,15 +286,93 @@ class ServicePipeline:
             if role.role_id not in with_features
         ]
 
-    async def _descriptions(self, service: ServiceInput) -> tuple[dict[int, str], str]:
-        prompt = render_template(
-            self.content.templates["descriptions"], descriptions_values(self.content.plateaus)
+    async def remap(self, record: ServiceEvolution, service: ServiceInput | None = None) -> ServiceResult:
+        """Map the features of an existing record again, with the current catalogues (``map``).
+
+        Descriptions, features, roles and the provenance of descriptions and features are kept
+        exactly; every plateau's mapping calls, merge and assembly are those of :meth:`run`. Up to
+        ``plateau_concurrency`` plateaus are mapped at once.
+
+        Args:
+            record: The record whose features to map.
+            service: The service to show the model instead of the record's (``map --service-file``).
+
+        Raises:
+            PipelineError: A mapping call failed, or a plateau of the record is not a current plateau.
+        """
+        service = service or record.service
+        features_models = {item.plateau: item.features for item in record.provenance.plateaus}
+        recorded = [
+            self._recorded(service.service_id, plateau, features_models.get(plateau.plateau, UNKNOWN_MODEL))
+            for plateau in record.plateaus
+        ]
+        outcomes: dict[int, _PlateauOutcome] = {}
+        slots = asyncio.Semaphore(self.plateau_concurrency)
+
+        async def one(index: int, done: _FeaturesDone) -> None:
+            try:
+                outcomes[index] = await self._map_plateau(service, done)
+            finally:
+                slots.release()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for index, done in enumerate(recorded):
+                    await slots.acquire()
+                    group.create_task(one(index, done))
+        except* Exception as failures:
+            raise failures.exceptions[0] from None
+        ordered = [outcomes[index] for index in range(len(recorded))]
+        remapped = ServiceEvolution(
+            service=service,
+            plateaus=[outcome.result for outcome in ordered],
+            provenance=Provenance(
+                descriptions=record.provenance.descriptions,
+                plateaus=[outcome.provenance for outcome in ordered],
+            ),
         )
+        return ServiceResult(
+            record=remapped,
+            problems=[problem for outcome in ordered for problem in outcome.problems],
+            unknown_ids=sum(outcome.unknown_ids for outcome in ordered),
+        )
+
+    def _recorded(self, service_id: str, result: PlateauResult, model: str) -> _FeaturesDone:
+        """A recorded plateau, as if its features call had just answered."""
+        wanted = match_key(result.plateau_name)
+        plateau = next((item for item in self.content.plateaus if item.name == result.plateau_name), None)
+        plateau = plateau or next(
+            (item for item in self.content.plateaus if match_key(item.name) == wanted), None
+        )
+        if plateau is None:
+            names = ", ".join(item.name for item in self.content.plateaus)
+            raise PipelineError(
+                f"plateau {result.plateau} {result.plateau_name!r} of the record is not one of the current "
+                f"plateaus ({names}); its features cannot be mapped against them",
+                service_id=service_id,
+                stage="mapping",
+                kind=QuarantineKind.SCHEMA_MISMATCH,
+            )
+        # The record's roles, as recorded (they were validated when the record was written).
+        roles = [
+            Role.model_construct(role_id=role.role_id, name=role.name, description=role.description)
+            for role in result.roles
+        ]
+        return _FeaturesDone(
+            plateau=plateau.model_copy(update={"level": result.plateau, "name": result.plateau_name}),
+            description=result.description,
+            features=list(result.features),
+            model=model,
+            problems=[],
+            roles=roles,
+        )
+
+    async def _descriptions(self, service: ServiceInput) -> tuple[dict[int, str], str]:
         async with self._stage("descriptions", service.service_id):
             answer = await self.gateway.call(
                 stage="descriptions",
                 service_id=service.service_id,
-                user_prompt=user_content(service, prompt),
+                user_prompt=descriptions_prompt(self.content, service),
                 output_type=self.content.descriptions_model,
             )
         # The schema's validator matched every plateau (or the gateway re-asked, then failed the stage).
@@ -212,9 +386,7 @@ class ServicePipeline:
             done.problems,
         )
         features_model = done.model
-        listing = [
-            {"id": item.feature_id, "name": item.name, "description": item.description} for item in features
-        ]
+        listing = feature_listing(features)
         feature_ids = [item.feature_id for item in features]
         # The mapping schema re-asks for features left out of an answer (until the last attempt).
         checks = {FEATURE_IDS: feature_ids}
@@ -224,13 +396,10 @@ class ServicePipeline:
 
         async def map_set(index: int) -> tuple[int, Any]:
             catalogue = self.content.catalogues[index]
-            prompt = render_template(
-                self.content.templates["mapping"], mapping_values(plateau, catalogue, listing)
-            )
             answer = await self.gateway.call(
                 stage="mapping",
                 service_id=service.service_id,
-                user_prompt=user_content(service, prompt),
+                user_prompt=mapping_prompt(self.content, service, plateau, catalogue, listing),
                 output_type=self.content.mapping_models[catalogue.field],
                 validation_context=checks,
             )
@@ -263,7 +432,7 @@ class ServicePipeline:
             plateau=plateau,
             description=description,
             features=features,
-            roles=self.content.roles,
+            roles=done.roles if done.roles is not None else self.content.roles,
             catalogues=self.content.catalogues,
             contributions=contributions,
         )
@@ -271,51 +440,12 @@ class ServicePipeline:
         return _PlateauOutcome(result, provenance, problems, unknown_ids)
 
     async def _features(self, service: ServiceInput, plateau: Plateau, description: str) -> _FeaturesDone:
-        prompt = render_template(
-            self.content.templates["features"], features_values(plateau, description, self.content.roles)
-        )
         async with self._stage("features", service.service_id):
             answer = await self.gateway.call(
                 stage="features",
                 service_id=service.service_id,
-                user_prompt=user_content(service, prompt),
+                user_prompt=features_prompt(self.content, service, plateau, description),
                 output_type=self.content.features_model,
             )
-        by_role = answer.output.features  # type: ignore[attr-defined]
-        features: list[PlateauFeature] = []
-        problems: list[Problem] = []
-        seen: dict[str, PlateauFeature] = {}
-        for index, role in enumerate(self.content.roles):
-            items: list[FeatureItem] = getattr(by_role, f"role_{index}")
-            for item in items:
-                identifier = feature_id(item.name, role.role_id, plateau.name)
-                feature = PlateauFeature(
-                    feature_id=identifier,
-                    name=item.name,
-                    description=item.description,
-                    score=item.score,
-                    customer_type=role.role_id,
-                    role=role,
-                )
-                if identifier in seen:
-                    first = seen[identifier]
-                    problems.append(
-                        Problem(
-                            QuarantineKind.SCHEMA_MISMATCH,
-                            "features",
-                            f"duplicate feature id {identifier} at plateau {plateau.name}: "
-                            f"{item.name!r} for {role.role_id} repeats "
-                            f"{first.name!r} for {first.customer_type}; "
-                            "the repeat was dropped",
-                            {
-                                "plateau": plateau.level,
-                                "feature_id": identifier,
-                                "kept": first.model_dump(mode="json"),
-                                "dropped": feature.model_dump(mode="json"),
-                            },
-                        )
-                    )
-                    continue
-                seen[identifier] = feature
-                features.append(feature)
+        features, problems = features_from_answer(self.content, plateau, answer.output)
         return _FeaturesDone(plateau, description, features, answer.model, problems)

@@ -42,6 +42,7 @@ __all__ = [
     "CacheStats",
     "Finding",
     "PurgeResult",
+    "RepairResult",
     "ResponseCache",
     "cache_key",
 ]
@@ -204,6 +205,21 @@ class PurgeResult:
     entries: int
     bytes: int
     files: int = 0
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    """What a repair removed (or would remove): exactly the findings :meth:`ResponseCache.validate` made.
+
+    Attributes:
+        findings: The findings acted on, in the order ``validate`` reported them.
+        purged: Entries and stray files removed for them.
+        manifest_moved: Where an unusable manifest was moved aside (a fresh one replaced it).
+    """
+
+    findings: list[Finding]
+    purged: PurgeResult
+    manifest_moved: Path | None = None
 
 
 class ResponseCache:
@@ -516,6 +532,20 @@ class ResponseCache:
         """Manifests moved aside as unusable (``manifest.sqlite3.corrupt-<n>`` and their journals)."""
         return sorted(self.directory.glob(f"{MANIFEST}.corrupt-*"))
 
+    def repair(self, *, dry_run: bool = False) -> RepairResult:
+        """Remove exactly what :meth:`validate` reports, and nothing else.
+
+        Broken entries (hash mismatch, missing, unreadable, a directory) leave the manifest, stray files
+        (orphans, temp files, directories) are deleted, and an unusable manifest is moved aside to
+        ``manifest.sqlite3.corrupt-<n>`` and replaced by a fresh one (the payloads it described are then
+        the orphans ``validate`` already reported). Entries that verify are never touched.
+        """
+        findings = self.validate()
+        moved = None
+        if self.manifest_problem is not None and not dry_run:
+            moved = self.rebuild_manifest(keep_old=True)
+        return RepairResult(findings=findings, purged=self.purge(dry_run=dry_run), manifest_moved=moved)
+
     def purge(
         self,
         *,
@@ -528,7 +558,8 @@ class ResponseCache:
 
         ``everything`` removes every entry, every stray file and the manifests once set aside as unusable.
         Corrupt entries, orphans, directories where payloads belong and leftover temp files are always
-        removed too (they can never be served).
+        removed too (they can never be served); with no selector, that is all a purge removes
+        (:meth:`repair`).
         """
         self.flush()
         rows = self.db.execute("SELECT key, size, accessed FROM entries ORDER BY accessed, key").fetchall()

@@ -9,6 +9,13 @@ Schema 1.0 files have no header; every line carries the ``meta`` of the run that
 ``service_description`` and features have no ``role``. Migrating to 1.1 moves every distinct ``meta`` into
 ``Header.migrated_from`` (one entry per run id, listing its services) and rebuilds roles and mapping
 groups in the canonical order of ``engine/assemble.py`` when the 1.0 record lacks them.
+
+Every record the 1.0 format allows is accepted: a ``meta`` without ``schema_version``, with empty or
+partial ``models`` (a stage without a recorded model gets the provenance ``unknown``), features whose
+ids do not follow today's id rule (kept as they are and reported), contributions with a diagnostics
+``rationale`` (schema 1.1 has no place for it: counted and reported), missing optional lists.
+:func:`read_v10` gives the converted header and records without writing a file (``map`` and
+``reverse`` read 1.0 files through it).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,6 +34,7 @@ from typing import IO, Annotated, Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from service_ambitions import __version__
+from service_ambitions.domain.ids import feature_id
 from service_ambitions.domain.inputs import ServiceInput
 from service_ambitions.domain.output import (
     FeatureRef,
@@ -46,16 +55,24 @@ from service_ambitions.store._atomic import TEMP_SUFFIX, fsync_dir
 
 __all__ = [
     "MIGRATIONS",
+    "UNKNOWN_MODEL",
     "Migration",
+    "MigrationNotes",
     "MigrationOptions",
     "MigrationReport",
+    "V10Source",
     "find_migration",
     "migrate_file",
+    "read_v10",
     "register",
     "supported_migrations",
 ]
 
+log = logging.getLogger("service_ambitions.migrate")
+
 _STAGES = ("descriptions", "features", "mapping")
+UNKNOWN_MODEL = "unknown"
+"""Provenance of a stage whose 1.0 ``meta.models`` records no model (the records are kept all the same)."""
 _OFFLINE = "offline"
 """The synthetic model's id (``llm/_names.py``); repeated here so ``store`` does not depend on ``llm``."""
 
@@ -79,6 +96,48 @@ class MigrationOptions:
     roles: Sequence[Role] = ()
 
 
+@dataclass
+class MigrationNotes:
+    """What a migration kept as it was, or could not carry over, for the report.
+
+    Attributes:
+        nonconforming_ids: Features whose id is not the one today's id rule gives their name, role and
+            plateau (kept unchanged, so joins on them keep working): ``service_id``, ``plateau``,
+            ``feature_id`` and the ``expected`` id.
+        models_unrecorded: ``(service_id, stage)`` pairs whose ``meta.models`` names no model (provenance
+            ``unknown``).
+        rationales_dropped: Diagnostics ``rationale`` texts of contributions, which schema 1.1 cannot hold.
+    """
+
+    nonconforming_ids: list[dict[str, Any]] = field(default_factory=list)
+    models_unrecorded: list[tuple[str, str]] = field(default_factory=list)
+    rationales_dropped: int = 0
+
+    def summary(self) -> list[str]:
+        """One line per kind of note, for people (empty when there is nothing to say)."""
+        lines: list[str] = []
+        if self.nonconforming_ids:
+            shown = ", ".join(item["feature_id"] for item in self.nonconforming_ids[:10])
+            more = len(self.nonconforming_ids) - 10
+            lines.append(
+                f"{len(self.nonconforming_ids)} feature id(s) do not follow today's id rule and were kept "
+                f"as they are: {shown}" + (f" and {more} more" if more > 0 else "")
+            )
+        if self.models_unrecorded:
+            services = len({service for service, _ in self.models_unrecorded})
+            stages = ", ".join(sorted({stage for _, stage in self.models_unrecorded}))
+            lines.append(
+                f"{services} record(s) have no model recorded in meta.models for {stages}; "
+                f"their provenance says {UNKNOWN_MODEL!r}"
+            )
+        if self.rationales_dropped:
+            lines.append(
+                f"{self.rationales_dropped} diagnostics rationale(s) of contributions were left out "
+                "(schema 1.1 has no field for them)"
+            )
+        return lines
+
+
 @dataclass(frozen=True)
 class MigrationReport:
     """The outcome of one migration.
@@ -89,6 +148,7 @@ class MigrationReport:
         records: Records written (excluding the header).
         run_ids: The source runs, in order of first appearance.
         duplicate_service_ids: Services present more than once (all copies are kept).
+        notes: What was kept as it was or left out (see :class:`MigrationNotes`).
     """
 
     from_version: str
@@ -96,6 +156,7 @@ class MigrationReport:
     records: int
     run_ids: list[str]
     duplicate_service_ids: list[str] = field(default_factory=list)
+    notes: MigrationNotes = field(default_factory=MigrationNotes)
 
 
 Migration = Callable[[Path, Path, MigrationOptions], MigrationReport]
@@ -215,7 +276,7 @@ class _MetaV10(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
-    schema_version: Literal["1.0"]
+    schema_version: Literal["1.0"] = "1.0"
     run_id: NonEmpty
     seed: int | None = None
     models: dict[str, str] | str = Field(default_factory=dict)
@@ -240,6 +301,8 @@ class _MetaV10(BaseModel):
 class _ContributionV10(_Legacy):
     item: NonEmpty
     facets: dict[str, Any] | None = None
+    rationale: str | None = None
+    """Written by 1.0 runs in diagnostics mode; schema 1.1 has no field for it."""
 
 
 class _FeatureV10(_Legacy):
@@ -363,10 +426,9 @@ def _header_v11(runs: list[_Run], metas: list[_MetaV10], input_digest: str, tool
 class _RecordConverter:
     """Turns one 1.0 record into a 1.1 :class:`ServiceEvolution` in canonical order."""
 
-    def __init__(self, path: Path, line: int, record: _RecordV10, roles: Mapping[str, Role]) -> None:
-        self.path = path
-        self.line = line
+    def __init__(self, record: _RecordV10, roles: Mapping[str, Role], notes: MigrationNotes) -> None:
         self.record = record
+        self.notes = notes
         plateaus = record.plateaus
         features = [feature for plateau in plateaus for feature in plateau.features]
         extra_fields = {name for feature in features for name in feature.mappings}
@@ -419,9 +481,25 @@ class _RecordConverter:
         for key in (stage, "default", "model"):
             if models.get(key):
                 return models[key]
-        raise InputError(f"{self.path}:{self.line}: meta.models: no model recorded for the {stage} stage")
+        # 1.0 allowed an empty (or partial) meta.models: the records are sound, only the model is unknown.
+        self.notes.models_unrecorded.append((self.record.service.service_id, stage))
+        return UNKNOWN_MODEL
 
-    def _feature(self, feature: _FeatureV10) -> PlateauFeature:
+    def _feature(self, feature: _FeatureV10, plateau_name: str) -> PlateauFeature:
+        expected = feature_id(feature.name, feature.customer_type, plateau_name)
+        if feature.feature_id != expected:
+            # Kept: users join on the ids they have; renumbering them would break those joins.
+            self.notes.nonconforming_ids.append(
+                {
+                    "service_id": self.record.service.service_id,
+                    "plateau": plateau_name,
+                    "feature_id": feature.feature_id,
+                    "expected": expected,
+                }
+            )
+        self.notes.rationales_dropped += sum(
+            1 for items in feature.mappings.values() for item in items if item.rationale is not None
+        )
         return PlateauFeature(
             feature_id=feature.feature_id,
             name=feature.name,
@@ -456,7 +534,8 @@ class _RecordConverter:
 
     def _plateau(self, plateau: _PlateauV10) -> PlateauResult:
         features = [
-            self._feature(item) for item in sorted(plateau.features, key=lambda item: item.feature_id)
+            self._feature(item, plateau.plateau_name)
+            for item in sorted(plateau.features, key=lambda item: item.feature_id)
         ]
         roles = [
             RoleFeatures(
@@ -510,12 +589,42 @@ class _RecordConverter:
         )
 
 
-@register("1.0", "1.1")
-def migrate_1_0_to_1_1(source: Path, destination: Path, options: MigrationOptions) -> MigrationReport:
-    """Schema 1.0 (``meta`` on every line, ``service_description``) to 1.1 (header line, ``description``).
+@dataclass
+class V10Source:
+    """A schema 1.0 file read as 1.1: its header, then its records (converted as they are read).
 
-    Two passes over the source: the first gathers every run's ``meta`` for the header, the second
-    converts and writes the records in input order.
+    Attributes:
+        header: The 1.1 header (every ``meta`` in ``migrated_from``).
+        run_ids: The source runs, in order of first appearance.
+        duplicate_service_ids: Services present more than once.
+        notes: Filled while :meth:`records` runs.
+    """
+
+    path: Path
+    header: Header
+    run_ids: list[str]
+    duplicate_service_ids: list[str]
+    roles: dict[str, Role]
+    notes: MigrationNotes = field(default_factory=MigrationNotes)
+
+    def records(self) -> Iterator[tuple[int, ServiceEvolution]]:
+        """``(line number, 1.1 record)`` in file order.
+
+        Raises:
+            InputError: A line is invalid, or the file changed since the header was built.
+        """
+        again = hashlib.sha256()
+        for number, record, _ in _records_v10(self.path, again):
+            yield number, _RecordConverter(record, self.roles, self.notes).convert()
+        if again.hexdigest() != self.header.input_digest:
+            raise InputError(f"{self.path}: the file changed while it was being migrated")
+
+
+def read_v10(source: Path, options: MigrationOptions) -> V10Source:
+    """Read a schema 1.0 file as 1.1, in memory: one pass for the header here, one in ``records()``.
+
+    Raises:
+        InputError: The file is missing, unreadable, empty or has an invalid line (names file, line, field).
     """
     scan = hashlib.sha256()
     runs: dict[str, _Run] = {}
@@ -529,24 +638,36 @@ def migrate_1_0_to_1_1(source: Path, destination: Path, options: MigrationOption
         seen[record.service.service_id] = seen.get(record.service.service_id, 0) + 1
     if not metas:
         raise InputError(f"{source}: no schema 1.0 records to migrate")
-    input_digest = scan.hexdigest()
-    header = _header_v11(list(runs.values()), metas, input_digest, options.tool_version)
-    reference = {role.role_id: role for role in options.roles}
+    return V10Source(
+        path=source,
+        header=_header_v11(list(runs.values()), metas, scan.hexdigest(), options.tool_version),
+        run_ids=list(runs),
+        duplicate_service_ids=[service_id for service_id, count in seen.items() if count > 1],
+        roles={role.role_id: role for role in options.roles},
+    )
 
-    again = hashlib.sha256()
+
+@register("1.0", "1.1")
+def migrate_1_0_to_1_1(source: Path, destination: Path, options: MigrationOptions) -> MigrationReport:
+    """Schema 1.0 (``meta`` on every line, ``service_description``) to 1.1 (header line, ``description``).
+
+    Two passes over the source: the first gathers every run's ``meta`` for the header, the second
+    converts and writes the records in input order.
+    """
+    read = read_v10(source, options)
     written = 0
     with _atomic_output(destination) as handle:
-        handle.write(header.model_dump_json().encode("utf-8") + b"\n")
-        for number, record, _ in _records_v10(source, again):
-            evolution = _RecordConverter(source, number, record, reference).convert()
+        handle.write(read.header.model_dump_json().encode("utf-8") + b"\n")
+        for _, evolution in read.records():
             handle.write(evolution.model_dump_json().encode("utf-8") + b"\n")
             written += 1
-        if again.hexdigest() != input_digest:
-            raise InputError(f"{source}: the file changed while it was being migrated")
+    for line in read.notes.summary():
+        log.warning("migrate %s: %s", source, line)
     return MigrationReport(
         from_version="1.0",
         to_version="1.1",
         records=written,
-        run_ids=list(runs),
-        duplicate_service_ids=[service_id for service_id, count in seen.items() if count > 1],
+        run_ids=read.run_ids,
+        duplicate_service_ids=read.duplicate_service_ids,
+        notes=read.notes,
     )

@@ -1,0 +1,342 @@
+"""``service-ambitions map``: map the features of an existing file again, against the current catalogues."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from service_ambitions.cli._common import (
+    ConfigOption,
+    DataDirOption,
+    DebugOption,
+    JsonLogsOption,
+    PromptDirOption,
+    QuietOption,
+    RolesFileOption,
+    VerboseOption,
+    build_redactor,
+    err,
+    exits,
+    settings_from_flags,
+    setup_logging,
+)
+from service_ambitions.cli._summary import render_summary, summary_data, write_summary
+from service_ambitions.cli.run import (
+    BudgetMode,
+    CacheMode,
+    _progress_for,
+    _raise_for_outcome,
+    _run_until_signal,
+    parse_rate_limits,
+)
+from service_ambitions.errors import InputError, Interrupted, PathError, UsageError
+from service_ambitions.settings import Settings
+
+if TYPE_CHECKING:
+    from service_ambitions.engine.remap import RemapEngine
+
+__all__ = ["map_command"]
+
+DEFAULT_INPUT = Path("features.jsonl")
+DEFAULT_OUTPUT = Path("mapped.jsonl")
+STDOUT = Path("-")
+
+
+def _check_paths(
+    settings: Settings,
+    input_file: Path,
+    service_file: Path | None,
+    summary_json: Path | None,
+    *,
+    input_flag: str = "--input-file",
+) -> None:
+    """Refuse, before anything is written, paths that would lose data or cannot work.
+
+    Raises:
+        InputError: The input or the service file is missing or unreadable.
+        PathError: The output is one of the inputs, or an output location cannot be written.
+    """
+    from service_ambitions.cli import _paths  # noqa: PLC0415
+    from service_ambitions.store.quarantine import quarantine_dir_for  # noqa: PLC0415
+    from service_ambitions.store.spool import STDIN  # noqa: PLC0415
+
+    output = settings.output_file
+    if input_file != STDIN:
+        _paths.check_readable_file(input_flag, input_file, error=InputError)
+    if service_file is not None:
+        _paths.check_readable_file("--service-file", service_file, error=InputError)
+    named: dict[str, Path | None] = {
+        "--output-file": None if output == STDOUT else output,
+        input_flag: None if input_file == STDIN else input_file,
+        "--service-file": service_file,
+        "--summary-json": summary_json,
+    }
+    _paths.check_distinct(named)
+    if output != STDOUT:
+        _paths.check_writable_file("--output-file", output)
+    _paths.check_writable_dir("quarantine", quarantine_dir_for(output))
+    if summary_json is not None:
+        _paths.check_writable_file("--summary-json", summary_json)
+    if settings.cache_mode != "off":
+        _paths.check_writable_dir("--cache-dir", settings.cache_dir)
+
+
+def _drive(
+    engine: RemapEngine,
+    input_path: Path,
+    settings: Settings,
+    max_services: int | None,
+    *,
+    resume: bool,
+    progress: bool,
+    json_logs: bool,
+) -> bool:
+    """Run the engine under the output lock, telemetry and progress bar; True when interrupted."""
+    from service_ambitions.observability.telemetry import telemetry  # noqa: PLC0415
+    from service_ambitions.store.lock import output_lock  # noqa: PLC0415
+
+    output = settings.output_file
+    context = engine.context
+    lock = output_lock(output, command="map") if output != STDOUT else contextlib.nullcontext(output)
+    with (
+        lock,
+        telemetry(version=context.tool_version, metrics_port=None),
+        _progress_for(engine, context, input_path, max_services, enabled=progress, json_logs=json_logs),
+    ):
+        try:
+            return asyncio.run(_run_until_signal(engine, input_path, settings, max_services, resume=resume))
+        except PathError as exc:
+            where = engine.report.written_to if engine.report is not None else None
+            if where is None or where == STDOUT:
+                raise
+            raise PathError(
+                f"{exc}; the records written before it are in {where} (run again with --resume)"
+            ) from None
+
+
+@exits
+def map_command(
+    input_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--input-file",
+            help="Evolutions or features file (schema 1.1, or 1.0: migrated in memory); - for stdin. "
+            "[default: features.jsonl]",
+            show_default=False,
+        ),
+    ] = None,
+    features_file: Annotated[
+        Path | None,
+        typer.Option("--features-file", help="Another name for --input-file.", show_default=False),
+    ] = None,
+    output_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-file", help="Output JSONL file; - writes the records to stdout. [default: mapped.jsonl]"
+        ),
+    ] = None,
+    service_id: Annotated[
+        str | None, typer.Option("--service-id", help="Map this service only.", show_default=False)
+    ] = None,
+    service_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--service-file",
+            help="Services JSONL whose records replace the services of the input, matched by service_id.",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model for every stage: provider:model, or 'offline'.")
+    ] = None,
+    mapping_model: Annotated[
+        str | None, typer.Option("--mapping-model", help="Model for the mapping stage.")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", help="Services processed at once.")
+    ] = None,
+    llm_concurrency: Annotated[
+        int | None, typer.Option("--llm-concurrency", help="Model calls in flight at once, across the run.")
+    ] = None,
+    rate_limit: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rate-limit", help="Per-model limits, repeatable: MODEL=rpm:500,tpm:200000[,concurrency:8]."
+        ),
+    ] = None,
+    max_services: Annotated[
+        int | None, typer.Option("--max-services", min=1, help="Map at most N services.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed passed to models that accept one.")] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the existing output: skip services already written or quarantined. Refused "
+            "(exit 3) when the input, the service file, output-affecting settings or catalogues changed.",
+        ),
+    ] = False,
+    strict: Annotated[
+        bool | None,
+        typer.Option("--strict/--lenient", help="Any unknown id, facet violation or gap fails that service."),
+    ] = None,
+    strict_mapping: Annotated[
+        bool, typer.Option("--strict-mapping", help="The same as --strict (mapping is the only stage).")
+    ] = False,
+    fail_on_quarantine: Annotated[
+        bool | None,
+        typer.Option(
+            "--fail-on-quarantine", help="Exit 1 at the end if anything was quarantined (output is complete)."
+        ),
+    ] = None,
+    cache_mode: Annotated[
+        CacheMode | None, typer.Option("--cache-mode", help="off | read (default) | refresh | write.")
+    ] = None,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Response cache directory.")] = None,
+    data_dir: DataDirOption = None,
+    prompt_dir: PromptDirOption = None,
+    roles_file: RolesFileOption = None,
+    context_id: Annotated[
+        str | None, typer.Option("--context-id", help="Situational context file name (without .md).")
+    ] = None,
+    inspiration: Annotated[str | None, typer.Option("--inspiration", help="Inspirations file name.")] = None,
+    run_budget_usd: Annotated[
+        float | None, typer.Option("--run-budget-usd", help="Spending cap for this run, in USD.")
+    ] = None,
+    budget_mode: Annotated[
+        BudgetMode | None,
+        typer.Option(
+            "--budget-mode", help="warn: log when the budget is passed; enforce: stop admitting, exit 4."
+        ),
+    ] = None,
+    summary_json: Annotated[
+        Path | None, typer.Option("--summary-json", help="Also write the run summary as JSON to this file.")
+    ] = None,
+    progress: Annotated[
+        bool,
+        typer.Option("--progress/--no-progress", help="Progress bar on stderr (only when it is a terminal)."),
+    ] = True,
+    allow_prompt_logging: Annotated[
+        bool,
+        typer.Option(
+            "--allow-prompt-logging", help="Log prompts and answers at debug level (-vv), redacted."
+        ),
+    ] = False,
+    json_logs: JsonLogsOption = False,
+    trace_ids: Annotated[
+        bool, typer.Option("--trace-ids", help="Add request ids (and provider response ids) to model logs.")
+    ] = False,
+    inject_failures: Annotated[
+        str | None,
+        typer.Option(
+            "--inject-failures",
+            help="Inject failures at the model boundary: p=0.05[,kinds=429,500,timeout,malformed][,seed=N].",
+        ),
+    ] = None,
+    debug: DebugOption = False,
+    verbose: VerboseOption = 0,
+    quiet: QuietOption = False,
+) -> None:
+    """Map the features of an existing evolutions or features file again, with the current catalogues.
+
+    Descriptions and features are kept exactly; only the mapping stage runs, for every plateau and
+    mapping set, through the same cache, limits, strictness, quarantine and assembly as `run`. The
+    output is a schema 1.1 file whose header records the current catalogue hash and the source file's
+    digest. With unchanged catalogues and a warm cache it makes no model call. Exit codes as for `run`.
+
+    Examples:
+        service-ambitions map --input-file evolutions.jsonl --output-file mapped.jsonl
+
+        service-ambitions reverse && service-ambitions map --service-id SVC-001 --output-file -
+    """
+    from service_ambitions.context import build_context  # noqa: PLC0415
+    from service_ambitions.engine.remap import RemapEngine, load_services  # noqa: PLC0415
+    from service_ambitions.engine.source import contains_service  # noqa: PLC0415
+    from service_ambitions.store.spool import spooled_input  # noqa: PLC0415
+
+    redactor = build_redactor()
+    setup_logging(verbose=verbose, quiet=quiet, json_logs=json_logs, trace_ids=trace_ids, redactor=redactor)
+    if input_file is not None and features_file is not None and input_file != features_file:
+        raise UsageError("--input-file and --features-file name the same input: give one of them")
+    source = input_file or features_file or DEFAULT_INPUT
+    output = output_file or DEFAULT_OUTPUT
+    if resume and output == STDOUT:
+        raise UsageError("--resume needs an output file: records written to stdout (-) cannot be resumed")
+    settings = settings_from_flags(
+        config,
+        input_file=source,
+        output_file=output,
+        model=model,
+        models__mapping=mapping_model,
+        concurrency=concurrency,
+        llm_concurrency=llm_concurrency,
+        models_rate_limits=parse_rate_limits(rate_limit) if rate_limit else None,
+        seed=seed,
+        strict=True if strict_mapping else strict,
+        fail_on_quarantine=fail_on_quarantine,
+        cache_mode=cache_mode,
+        cache_dir=cache_dir,
+        data_dir=data_dir,
+        prompt_dir=prompt_dir,
+        roles_file=roles_file,
+        context_id=context_id,
+        inspiration=inspiration,
+        inject_failures=inject_failures,
+        run_budget_usd=run_budget_usd,
+        budget_mode=budget_mode,
+        allow_prompt_logging=allow_prompt_logging or None,
+    )
+    input_flag = "--features-file" if input_file is None and features_file is not None else "--input-file"
+    _check_paths(settings, source, service_file, summary_json, input_flag=input_flag)
+    services, services_digest = (
+        load_services(service_file, redact=redactor.redact_obj) if service_file is not None else ({}, None)
+    )
+    context = build_context(settings, redactor=redactor)
+    try:
+        with spooled_input(source) as input_path:
+            if service_id is not None and not contains_service(input_path, service_id):
+                raise InputError(f"service {service_id!r} is not in {source}")
+            engine = RemapEngine(
+                context,
+                debug=debug,
+                stream=sys.stdout.buffer if output == STDOUT else None,
+                service_id=service_id,
+                services=services,
+                services_digest=services_digest,
+            )
+            interrupted = _drive(
+                engine,
+                input_path,
+                settings,
+                max_services,
+                resume=resume,
+                progress=progress,
+                json_logs=json_logs,
+            )
+        report = engine.report
+        if report is None:  # interrupted before the run started: nothing was written
+            raise Interrupted("interrupted before any service started")
+        data = summary_data(context, report)
+        if summary_json is not None:
+            write_summary(summary_json, data)
+        if not quiet:
+            err(render_summary(data))
+        if engine.source is not None and engine.source.notes is not None:
+            for line in engine.source.notes.summary():
+                err(f"map: {source} is schema 1.0 (migrated in memory): {line}")
+        if service_file is not None:
+            err(f"map: {engine.replaced} record(s) were mapped with their service from {service_file}")
+    finally:
+        context.close()
+    if interrupted:
+        raise Interrupted(
+            f"interrupted: every finished record was written to {report.written_to}; "
+            "run again with --resume to continue"
+        )
+    _raise_for_outcome(settings, report)
