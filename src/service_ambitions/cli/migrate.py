@@ -65,6 +65,8 @@ def migrate(
             to_version=to_version,
             options=MigrationOptions(tool_version=__version__, roles=roles),
         )
+    for line in report.notes.summary():
+        err(f"migrate: {line}")
     duplicates = (
         f"; {len(report.duplicate_service_ids)} service id(s) appear more than once (all kept)"
         if report.duplicate_service_ids

@@ -661,8 +661,6 @@ def migrate_1_0_to_1_1(source: Path, destination: Path, options: MigrationOption
         for _, evolution in read.records():
             handle.write(evolution.model_dump_json().encode("utf-8") + b"\n")
             written += 1
-    for line in read.notes.summary():
-        log.warning("migrate %s: %s", source, line)
     return MigrationReport(
         from_version="1.0",
         to_version="1.1",
