@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := $(UV) run --frozen
 OUT ?= out
 
-.PHONY: help uv install sample test lint format typecheck bench bench-check check clean sbom licenses dist provenance audit
+.PHONY: help uv install browser sample test lint format typecheck bench bench-check check clean sbom licenses dist provenance audit
 
 help:  ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -24,7 +24,20 @@ sample: install  ## Run the pipeline on the bundled samples with the offline mod
 		--model offline --cache-dir $(OUT)/cache
 	@echo "wrote $(OUT)/evolutions.jsonl"
 
-test: install  ## Run the whole test suite
+CHROMIUM ?= /usr/bin/chromium
+
+browser:  ## Install Chromium (Debian package) for the report's browser tests when $(CHROMIUM) is missing
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium with apt-get (for the report's browser tests)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "Chromium is missing at $(CHROMIUM) and cannot be installed here (needs root and apt-get):"; \
+		echo "  install it (e.g. sudo apt-get install chromium) or set CHROMIUM=/path/to/chromium;"; \
+		echo "  the browser tests are skipped without it (and fail under CI=true)"; \
+	fi
+
+test: install browser  ## Run the whole test suite (installs Chromium for the browser tests when missing)
 	$(RUN) pytest -q
 
 lint: install  ## ruff lint + format check, log wording lint
@@ -39,8 +52,9 @@ format: install  ## Apply ruff formatting and safe fixes
 typecheck: install  ## mypy --strict over src, tests and scripts
 	$(RUN) mypy
 
-bench: install  ## Benchmark: services/s, calls/s, CPU ms per call, peak RSS, scheduler efficiency
+bench: install  ## Benchmark: services/s, calls/s, CPU ms per call, peak RSS, scheduler efficiency; gateway vs a local server
 	$(RUN) python scripts/bench.py --sizes 100 1000 --regimes
+	$(RUN) python scripts/bench_gateway.py
 
 bench-check: install  ## Performance gate: fail on a >15% regression against benchmarks/golden.json
 	$(RUN) python scripts/bench.py --check benchmarks/golden.json
