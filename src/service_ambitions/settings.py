@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_MAPPING_SETS",
     "ENV_PREFIX",
+    "OutputMode",
     "RateLimit",
     "Settings",
     "StageModels",
@@ -50,6 +51,8 @@ ENV_PREFIX = "SA_"
 DEFAULT_CONFIG_PATH = Path("config/app.yaml")
 DOTENV_PATH = Path(".env")
 STAGES = ("descriptions", "features", "mapping")
+OutputMode = Literal["auto", "tool", "native", "prompted"]
+"""How structured answers are asked for (``llm/output_modes.py``)."""
 
 DEFAULT_MAPPING_SETS = [
     MappingSet(name="Applications", file="applications.json", field="applications"),
@@ -135,6 +138,8 @@ class Settings(BaseSettings):
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, gt=0)
     output_retries: int = Field(default=2, ge=0, le=10)
+    output_mode: OutputMode = "auto"
+    models_output_mode: dict[str, OutputMode] = Field(default_factory=dict)
     base_url: str | None = None
     openai_api_key: SecretStr | None = None
     offline: OfflineOptions = OfflineOptions()
@@ -217,6 +222,10 @@ class Settings(BaseSettings):
         """The configured limits of a model (a hard cap), or None; learned limits come from the provider."""
         return self.models_rate_limits.get(model_id)
 
+    def output_mode_for(self, model_id: str) -> OutputMode:
+        """How a model is asked for structured answers: its ``models_output_mode``, else ``output_mode``."""
+        return self.models_output_mode.get(model_id, self.output_mode)
+
     def stage_model(self, stage: str) -> str:
         """The configured model id for a stage."""
         override: str | None = getattr(self.models, stage)
@@ -239,7 +248,7 @@ class Settings(BaseSettings):
 
     def output_affecting(self) -> dict[str, Any]:
         """The settings that change the content of the output; no paths, no secrets."""
-        return {
+        affecting: dict[str, Any] = {
             "models": self.stage_models(),
             "model_fallbacks": {key: list(value) for key, value in sorted(self.model_fallbacks.items())},
             "reasoning": self.reasoning.model_dump(),
@@ -252,6 +261,11 @@ class Settings(BaseSettings):
             "strict": self.strict,
             "seed": self.seed,
         }
+        if self.output_mode != "auto" or self.models_output_mode:  # only when set: old digests stay valid
+            affecting["output_mode"] = {
+                model_id: self.output_mode_for(model_id) for model_id in self.all_model_ids()
+            }
+        return affecting
 
 
 class _DictSource(PydanticBaseSettingsSource):

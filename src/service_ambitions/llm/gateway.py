@@ -13,12 +13,12 @@ import hashlib
 import itertools
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import logfire
 from pydantic import BaseModel, ValidationError
@@ -29,7 +29,21 @@ from service_ambitions.llm._names import is_offline
 from service_ambitions.llm.admission import RateLimitedModel
 from service_ambitions.llm.cost import CostLedger, Price, price_response
 from service_ambitions.llm.limiter import Clock, MonotonicClock
-from service_ambitions.llm.providers import parse_model_id, resolve_model
+from service_ambitions.llm.output_modes import (
+    AnswerRejected,
+    ConfiguredModel,
+    answer_payload,
+    read_answer,
+    reask,
+    request_parameters,
+)
+from service_ambitions.llm.prompt_cache import (
+    cache_settings,
+    cache_write_tokens,
+    cached_tokens,
+    user_prompt_content,
+)
+from service_ambitions.llm.providers import output_cap, parse_model_id, resolve_model
 from service_ambitions.llm.ratelimits import ModelLimits
 from service_ambitions.llm.stack import SettingsModel, common_settings, over_our_transport, provider_settings
 from service_ambitions.llm.transport import describe_failure
@@ -49,10 +63,10 @@ __all__ = ["CallResult", "Gateway", "GatewayStats"]
 log = logging.getLogger("service_ambitions.gateway")
 
 OutputT = TypeVar("OutputT", bound=BaseModel)
-OUTPUT_TOOL = "final_result"
 # Model settings that change how a request travels, not what the answer says: kept out of cache keys.
 _TRANSPORT_SETTINGS = frozenset({"request_timeout", "timeout", "max_retries"})
-_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
+_REASKING: ContextVar[bool] = ContextVar("sa_reasking", default=False)
+"""Set while a re-ask is being sent, so its transport retries count as re-asks too."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +86,9 @@ class GatewayStats:
 
     calls: int = 0
     model_requests: int = 0
+    """Requests sent to models: first answers, re-asks, fallback attempts and transport retries."""
     output_reasks: int = 0
+    """Requests that re-asked after a rejected answer (counted like ``model_requests``)."""
     input_tokens: int = 0
     output_tokens: int = 0
     failures: int = 0
@@ -136,7 +152,6 @@ class Gateway:
         self._given = dict(models or {})
         self._factory = model_factory
         self._stage_models: dict[str, Model] = {}
-        self._request_parameters: dict[type[BaseModel], ModelRequestParameters] = {}
         self._stage_settings: dict[str, ModelSettings] = {}
         self._key_bases: dict[str, dict[str, Any]] = {}
         self._schema_digests: dict[type[BaseModel], str] = {}
@@ -144,8 +159,10 @@ class Gateway:
         self.metrics = metrics or RunMetrics()
         self.clock: Clock = clock or MonotonicClock()
         self._limits: dict[str, ModelLimits] = {}
+        self.metrics.observe_rate_limits(self.limits_in_force)
         self._built: dict[str, Model] = {}
         self._common = common_settings(settings)
+        self._request_settings: dict[str, ModelSettings] = {}
         self._sequence = itertools.count(1)
         self.ledger = CostLedger()
         self.transport_retries = 0
@@ -153,8 +170,16 @@ class Gateway:
         self.waiting = 0
         self.in_flight = 0
 
+    def _count_request(self) -> None:
+        """One request handed to a model (``ConfiguredModel``)."""
+        self.stats.model_requests += 1
+        if _REASKING.get():
+            self.stats.output_reasks += 1
+
     def _count_transport_retry(self) -> None:
+        """One more HTTP request for the request being sent: a transport retry."""
         self.transport_retries += 1
+        self._count_request()
 
     # models -----------------------------------------------------------------------------------
     def limits_for(self, model_id: str) -> ModelLimits:
@@ -191,6 +216,9 @@ class Gateway:
             )
         else:
             model = self._factory(model_id, self.settings, on_retry=self._count_transport_retry)
+        model = ConfiguredModel(
+            model, model_id, self.settings.output_mode_for(model_id), on_request=self._count_request
+        )
         if self.settings.inject_failures:
             from service_ambitions.llm.chaos import ChaosModel, parse_failure_spec  # noqa: PLC0415
 
@@ -253,26 +281,31 @@ class Gateway:
             cached = self._stage_settings[stage] = merged
         return cached
 
-    def _parameters(self, output_type: type[BaseModel]) -> ModelRequestParameters:
-        parameters = self._request_parameters.get(output_type)
-        if parameters is None:
-            from pydantic_ai.models import ModelRequestParameters  # noqa: PLC0415
-            from pydantic_ai.tools import ToolDefinition  # noqa: PLC0415
+    def _stage_providers(self, stage: str) -> list[str]:
+        """The providers of a stage's model and its fallbacks."""
+        primary = self.settings.stage_model(stage)
+        return [
+            parse_model_id(model_id).provider
+            for model_id in (primary, *self.settings.fallbacks_for(stage, primary))
+        ]
 
-            parameters = ModelRequestParameters(
-                output_mode="tool",
-                output_tools=[
-                    ToolDefinition(
-                        name=OUTPUT_TOOL,
-                        description="Return the final answer, matching this schema exactly.",
-                        parameters_json_schema=output_type.model_json_schema(),
-                        kind="output",
-                    )
-                ],
-                allow_text_output=False,
-            )
-            self._request_parameters[output_type] = parameters
-        return parameters
+    def request_settings(self, stage: str) -> ModelSettings:
+        """What a stage's requests send: the common settings plus the prompt-cache options of its providers.
+
+        Prompt-cache options never change an answer, so they are not in ``model_settings`` (the cache key).
+        Their keys are provider-prefixed: each model of a fallback chain reads only its own.
+        """
+        cached = self._request_settings.get(stage)
+        if cached is None:
+            merged: Any = dict(self._common)
+            for provider in self._stage_providers(stage):
+                merged.update(cache_settings(provider, stage))
+            cached = self._request_settings[stage] = merged
+        return cached
+
+    def _parameters(self, output_type: type[BaseModel]) -> ModelRequestParameters:
+        """An ``Agent``'s request parameters for ``output_type``; each model resolves the output mode."""
+        return request_parameters(output_type)
 
     def _digest(self, output_type: type[BaseModel]) -> str:
         digest = self._schema_digests.get(output_type)
@@ -300,6 +333,12 @@ class Gateway:
                 "output_retries": self.settings.output_retries,
                 "system_prompt": self.system_digest,
             }
+            modes = {
+                model: self.settings.output_mode_for(model)
+                for model in (model_id, *self.settings.fallbacks_for(stage, model_id))
+            }
+            if set(modes.values()) != {"auto"}:  # keys of the default mode stay as they were
+                basis["output_mode"] = modes
         return basis
 
     def key(self, stage: str, output_type: type[BaseModel], user_prompt: str) -> str:
@@ -407,26 +446,34 @@ class Gateway:
     ) -> None:
         """Price a response, and record its tokens, cost and latency."""
         usage = response.usage
-        answered = response.model_name or model_id
-        if response.provider_name and ":" not in answered:
-            answered = f"{response.provider_name}:{answered}"
+        answered = answered_by(response, model_id)
         if is_offline(answered) or (is_offline(model_id) and not response.provider_name):
             rate = Decimal(str(self.settings.offline.usd_per_million_tokens))
             tokens = usage.input_tokens + usage.output_tokens
             price = Price(usd=rate * tokens / 1_000_000, synthetic=True)
         else:
             price = price_response(response, model_id)
-        self.ledger.record(stage, answered, service_id, price, usage.input_tokens, usage.output_tokens)
+        cached = cached_tokens(usage)
+        self.ledger.record(
+            stage,
+            answered,
+            service_id,
+            price,
+            usage.input_tokens,
+            usage.output_tokens,
+            cache_read_tokens=cached,
+            cache_write_tokens=cache_write_tokens(usage),
+        )
         samples = self.durations.setdefault(stage, [])
         if len(samples) < 200_000:  # enough for percentiles; bounded whatever the run size
             samples.append(seconds)
         attributes = {"stage": stage, "model_name": answered}
         self.metrics.add(self.metrics.tokens, usage.input_tokens, {**attributes, "direction": "input"})
         self.metrics.add(self.metrics.tokens, usage.output_tokens, {**attributes, "direction": "output"})
+        self.metrics.add(self.metrics.cached_tokens, cached, attributes)
         if price.usd:
             self.metrics.add(self.metrics.cost, float(price.usd), attributes)
-        configured = parse_model_id(model_id)
-        if configured.provider != "offline" and not answered.split(":", 1)[-1].startswith(configured.name):
+        if (response.model_id or model_id) != model_id:
             self.stats.fallbacks += 1  # a fallback model answered
 
     def estimate_tokens(self, user_prompt: str) -> int:
@@ -445,6 +492,7 @@ class Gateway:
             FallbackExceptionGroup,
             ModelAPIError,
             UnexpectedModelBehavior,
+            UserError,
         )
 
         model_id = self.settings.stage_model(stage)
@@ -452,6 +500,17 @@ class Gateway:
             output, response, usage = await self._structured(
                 stage, service_id, user_prompt, output_type, validation_context
             )
+        except UserError as exc:  # pydantic-ai refused the request, e.g. an output mode the model lacks
+            self.stats.failures += 1
+            mode = self.settings.output_mode_for(model_id)
+            raise ModelCallError(
+                f"pydantic-ai refused the request: {exc} (output_mode {mode} of {model_id}: "
+                "see output_mode, models_output_mode)",
+                systemic="configuration",
+                service_id=service_id,
+                stage=stage,
+                model_name=model_id,
+            ) from exc
         except (ModelAPIError, UnexpectedModelBehavior, FallbackExceptionGroup) as exc:
             self.stats.failures += 1
             failures = list(exc.exceptions) if isinstance(exc, FallbackExceptionGroup) else [exc]
@@ -482,12 +541,9 @@ class Gateway:
                 model_name=model_id,
                 kind=QuarantineKind.TIMEOUT if timed_out else QuarantineKind.MODEL_ERROR,
             ) from exc
-        answered = response.model_name or model_id
-        if response.provider_name and ":" not in answered:
-            answered = f"{response.provider_name}:{answered}"
         return CallResult(
             output=output,
-            model=answered,
+            model=answered_by(response, model_id),
             cached=False,
             input_tokens=usage[0],
             output_tokens=usage[1],
@@ -503,18 +559,24 @@ class Gateway:
     ) -> tuple[OutputT, ModelResponse, tuple[int, int]]:
         """One request, plus bounded re-asks when the answer does not validate.
 
-        This is pydantic-ai's output-tool protocol driven through its direct API: the same tool
-        definition, provider schema handling and retry message an ``Agent`` would send, without the
-        agent graph's per-call CPU cost (see docs/architecture.md).
+        This is what an ``Agent`` does for the output mode of each model (``llm/output_modes.py``),
+        driven through pydantic-ai's direct API: the same request parameters, answer processing and
+        retry parts, without the agent graph's per-call CPU cost (see docs/architecture.md). Unlike the
+        agent, a cut-off or oversized answer is re-asked for without being sent back.
         """
         from pydantic_ai.direct import model_request  # noqa: PLC0415
         from pydantic_ai.messages import ModelRequest, SystemPromptPart, UserPromptPart  # noqa: PLC0415
 
         model = self.stage_model(stage)
         parameters = self._parameters(output_type)
-        settings: ModelSettings = self._common  # type: ignore[assignment]
+        settings = self.request_settings(stage)
         messages: list[ModelMessage] = [
-            ModelRequest(parts=[SystemPromptPart(self.system_prompt), UserPromptPart(user_prompt)])
+            ModelRequest(
+                parts=[
+                    SystemPromptPart(self.system_prompt),
+                    UserPromptPart(user_prompt_content(user_prompt, self._stage_providers(stage))),
+                ]
+            )
         ]
         tokens_in = tokens_out = 0
         attempts = self.settings.output_retries + 1
@@ -526,12 +588,14 @@ class Gateway:
                 started = time.perf_counter()
                 outcome = "error"
                 marker = current_request.set((request_id, service_id))
+                reasking = _REASKING.set(attempt > 1)
                 try:
                     response = await model_request(
                         model, messages, model_settings=settings, model_request_parameters=parameters
                     )
                     outcome = "ok"
                 finally:
+                    _REASKING.reset(reasking)
                     current_request.reset(marker)
                     self.metrics.record(
                         self.metrics.request_duration,
@@ -552,8 +616,7 @@ class Gateway:
             )
             if self.settings.allow_prompt_logging:
                 log.debug("prompt of %s:\n%s", request_id, user_prompt)
-                log.debug("answer of %s:\n%s", request_id, _answer_payload(response))
-            self.stats.model_requests += 1
+                log.debug("answer of %s:\n%s", request_id, answer_payload(response))
             self.stats.max_attempts = max(self.stats.max_attempts, attempt)
             self._account(stage, service_id, model_id, response, time.perf_counter() - started)
             tokens_in += response.usage.input_tokens
@@ -561,85 +624,58 @@ class Gateway:
             self.stats.input_tokens += response.usage.input_tokens
             self.stats.output_tokens += response.usage.output_tokens
             context = _attempt_context(validation_context, final=attempt == attempts)
+            answered = response.model_id or model_id
+            mode = self.settings.output_mode_for(answered)
             try:
-                return parse_output(response, output_type, context), response, (tokens_in, tokens_out)
-            except (ValidationError, ValueError) as exc:
+                output = read_answer(response, output_type, mode, context)
+            except AnswerRejected as rejected:
+                cap = output_cap(answered, self.settings)
                 if attempt == attempts:
                     self.stats.failures += 1
                     raise StageError(
                         f"the model's answer did not match the schema after {attempts - 1} re-ask(s): "
-                        f"{explain_failure(exc)}",
+                        f"{_rejection(response, rejected, cap)}",
                         service_id=service_id,
                         stage=stage,
-                        model_name=self.settings.stage_model(stage),
+                        model_name=model_id,
                         attempt=attempt,
-                        payload=_answer_payload(response),
-                    ) from exc
-                self.stats.output_reasks += 1
-                retry = _retry_part(response, exc, attempt)
-                messages = [*messages, response, ModelRequest(parts=[retry])]
+                        payload=answer_payload(response),
+                    ) from rejected
+                messages, dropped = reask(
+                    messages, response, rejected, attempt=attempt, max_retries=attempts - 1, cap=cap
+                )
+                if dropped:
+                    log.info(
+                        "re-asking %s (%s) without its answer: it was %s",
+                        request_id,
+                        stage,
+                        dropped,
+                        extra={"request_id": request_id, "service_id": service_id, "stage": stage},
+                    )
+                continue
+            return output, response, (tokens_in, tokens_out)
+
+
+def answered_by(response: ModelResponse, model_id: str) -> str:
+    """Who answered, for provenance and the summary.
+
+    The configured id of the model that answered (``openai-chat:qwen``, or a fallback's id), which
+    ``ConfiguredModel`` stamps on its responses; a model that names no provider (the offline model, test
+    doubles) by the name it reports.
+    """
+    configured = response.model_id or model_id
+    return configured if response.provider_name else response.model_name or configured
+
+
+def _rejection(response: ModelResponse, rejected: AnswerRejected, cap: int | None) -> str:
+    """Why the last answer was rejected, for people (pydantic-ai's wording for a cut-off answer)."""
+    if response.finish_reason == "length":
+        from pydantic_ai._output import truncated_output_message  # noqa: PLC0415
+
+        return truncated_output_message(cap)
+    return explain_failure(rejected)
 
 
 def _attempt_context(context: Mapping[str, Any] | None, *, final: bool) -> dict[str, Any] | None:
     """The validation context of one answer: the caller's, plus whether it is the last one accepted."""
     return None if context is None else {**context, FINAL_ATTEMPT: final}
-
-
-def _retry_part(response: ModelResponse, exc: Exception, attempt: int) -> Any:
-    """The message part that tells the model why its answer was rejected (pydantic-ai's own parts)."""
-    from pydantic_ai.messages import RetryFeedbackPart, RetryInfo, ToolCallPart, ToolReturnPart  # noqa: PLC0415
-
-    details = (
-        exc.errors(include_url=False, include_context=False) if isinstance(exc, ValidationError) else str(exc)
-    )
-    call = next((part for part in response.parts if isinstance(part, ToolCallPart)), None)
-    if call is not None:
-        return ToolReturnPart(
-            tool_name=call.tool_name,
-            content=details,
-            tool_call_id=call.tool_call_id,
-            outcome="retried",
-            retry=RetryInfo(cause="validation_error", attempt=attempt),
-        )
-    cause: Literal["validation_error", "no_output"] = (
-        "validation_error" if isinstance(exc, ValidationError) else "no_output"
-    )
-    return RetryFeedbackPart(content=details, retry=RetryInfo(cause=cause, attempt=attempt))
-
-
-def _answer_payload(response: ModelResponse) -> Any:
-    for part in response.parts:
-        args = getattr(part, "args", None)
-        if args is not None:
-            return args
-        content = getattr(part, "content", None)
-        if isinstance(content, str):
-            return content
-    return None
-
-
-def parse_output(
-    response: ModelResponse, output_type: type[OutputT], context: Mapping[str, Any] | None = None
-) -> OutputT:
-    """Validate the structured answer in a response (output tool call, or JSON text as a fallback).
-
-    Args:
-        response: The model's response.
-        output_type: The answer schema.
-        context: The pydantic validation context passed to the schema's validators.
-
-    Raises:
-        ValidationError: The answer does not match the schema.
-        ValueError: The response holds no answer at all.
-    """
-    from pydantic_ai.messages import TextPart, ToolCallPart  # noqa: PLC0415
-
-    for part in response.parts:
-        if isinstance(part, ToolCallPart) and part.tool_name == OUTPUT_TOOL:
-            if isinstance(part.args, str):
-                return output_type.model_validate_json(part.args or "{}", context=context)
-            return output_type.model_validate(part.args or {}, context=context)
-    for part in response.parts:
-        if isinstance(part, TextPart) and part.content.strip():
-            return output_type.model_validate_json(_FENCE.sub("", part.content.strip()), context=context)
-    raise ValueError(f"the response has no answer: call the {OUTPUT_TOOL!r} tool with the JSON answer")

@@ -19,9 +19,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KEY_VARIABLES",
+    "LOCAL_OUTPUT_CAP",
     "export_dotenv_provider_keys",
     "ModelRef",
     "check_provider_keys",
+    "compatible_server",
+    "compatible_server_profile",
+    "output_cap",
     "parse_model_id",
     "resolve_model",
 ]
@@ -48,6 +52,9 @@ KEY_VARIABLES: dict[str, tuple[str, ...]] = {
 ALIASES = {"google-gla": "google", "gemini": "google"}
 # Providers that talk to a local server and need no key.
 KEYLESS = frozenset({"ollama", "vllm", "litellm"})
+LOCAL_OUTPUT_CAP = 4096
+"""Output tokens per answer on an OpenAI-compatible server when ``max_tokens`` is not set: about four
+times the longest stage answer, so a runaway answer stops instead of running for minutes."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,53 @@ def check_provider_keys(settings: Settings, model_ids: Iterable[str] | None = No
             raise ProviderKeyMissing(f"model {model_id!r} needs an API key: set {variables}")
 
 
+def compatible_server(model_id: str, settings: Settings) -> bool:
+    """Whether the model is an ``openai*`` model served by an OpenAI-compatible server (``base_url``)."""
+    return bool(settings.base_url) and parse_model_id(model_id).provider.startswith("openai")
+
+
+def output_cap(model_id: str, settings: Settings) -> int | None:
+    """The output-token cap a model's requests carry: ``max_tokens``, else the local-server default."""
+    if settings.max_tokens is not None:
+        return settings.max_tokens
+    return LOCAL_OUTPUT_CAP if compatible_server(model_id, settings) else None
+
+
+def compatible_server_profile(mode: str) -> dict[str, Any]:
+    """What pydantic-ai is told about an OpenAI-compatible server (llama.cpp, vLLM, Ollama...).
+
+    OpenAI's own profile claims too much for them: llama.cpp's server answers a ``json_schema``
+    response format with HTTP 500 and ignores ``tool_choice: "required"``, and they read the output cap
+    from ``max_tokens``, not ``max_completion_tokens``. So ``auto`` becomes prompted JSON with a
+    ``json_object`` response format, which they all accept; an explicit ``output_mode`` says what the
+    server can do (``native``: JSON schema; ``tool``: forced tool choice).
+    """
+    from pydantic_ai.profiles.openai import OpenAIModelProfile  # noqa: PLC0415
+
+    return dict(
+        OpenAIModelProfile(
+            openai_chat_supports_max_completion_tokens=False,
+            supports_json_schema_output=mode == "native",
+            supports_json_object_output=True,
+            supports_forced_tool_choice=mode == "tool",
+            default_structured_output_mode="prompted",
+        )
+    )
+
+
+def _compatible_model(ref: ModelRef, model_id: str, provider: Any, settings: Settings) -> Model:
+    from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel  # noqa: PLC0415
+
+    model_class: Any = OpenAIChatModel if ref.provider == "openai-chat" else OpenAIResponsesModel
+    own: Any = {"max_tokens": LOCAL_OUTPUT_CAP} if settings.max_tokens is None else None
+    return model_class(  # type: ignore[no-any-return]
+        ref.name,
+        provider=provider,
+        profile=compatible_server_profile(settings.output_mode_for(model_id)),
+        settings=own,
+    )
+
+
 def resolve_model(
     model_id: str,
     settings: Settings,
@@ -158,6 +212,8 @@ def resolve_model(
                 api_key=key,
                 http_client=retrying_client(settings, on_retry=on_retry, limits=limits),
             )
+            if settings.base_url:
+                return _compatible_model(ref, model_id, provider, settings)
         elif ref.provider in TRANSPORT_PROVIDERS:
             from pydantic_ai.providers import infer_provider_class  # noqa: PLC0415
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from service_ambitions.testing._limits import Decision, format_reset
 from service_ambitions.testing._protocol import (
+    CHARS_PER_TOKEN,
     CHAT_PATH,
     QUOTA_ERROR,
     RESPONSES_PATH,
@@ -23,7 +24,12 @@ from service_ambitions.testing._protocol import (
 if TYPE_CHECKING:
     from service_ambitions.testing.openai_server import FakeOpenAIServer
 
-__all__ = ["Handler", "Server"]
+__all__ = ["RUNAWAY", "RUNAWAY_CHARS", "Handler", "Server"]
+
+RUNAWAY = "and the service improves further, "
+"""What a ``runaway`` answer repeats."""
+RUNAWAY_CHARS = 40_000
+"""Length of a ``runaway`` answer when no cap stops it (~10,000 tokens)."""
 
 
 class Server(ThreadingHTTPServer):
@@ -136,8 +142,13 @@ class Handler(BaseHTTPRequestHandler):
             tool = query.tool(behaviour.llama)
             text = fake.answer(query, tool)
             truncated = fault == "truncated"
+            cap = query.cap(behaviour.llama) * CHARS_PER_TOKEN
+            if fault == "runaway":  # a small model repeating itself: invalid JSON, far past any sane length
+                text = text[: len(text) // 3] + RUNAWAY * (RUNAWAY_CHARS // len(RUNAWAY))
             if truncated:
                 text = text[: len(text) // 2]
+            elif (fault == "runaway" or behaviour.llama) and cap and len(text) > cap:
+                text, truncated = text[:cap], True  # cut at the cap the server reads
             elif tool is None and behaviour.llama and query.tools:
                 text = f"```json\n{text}\n```"
             cached = fake.cached_tokens(query.prompt)

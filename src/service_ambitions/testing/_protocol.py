@@ -16,9 +16,20 @@ from pydantic_ai.messages import ModelRequest, SystemPromptPart, UserPromptPart
 from pydantic_ai.models import Model, ModelRequestParameters
 from pydantic_ai.tools import ToolDefinition
 
-__all__ = ["CHAT_PATH", "RESPONSES_PATH", "STATUS_ERRORS", "Query", "error_body", "offline_answer", "render"]
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "CHAT_PATH",
+    "RESPONSES_PATH",
+    "STATUS_ERRORS",
+    "Query",
+    "error_body",
+    "offline_answer",
+    "render",
+]
 
 CHAT_PATH = "/v1/chat/completions"
+CHARS_PER_TOKEN = 4
+"""Token counts of the fake are characters ÷ 4."""
 RESPONSES_PATH = "/v1/responses"
 STATUS_ERRORS: dict[int, tuple[str, str, str | None]] = {
     400: ("Bad request.", "invalid_request_error", None),
@@ -72,6 +83,9 @@ class Query:
     format_type: str | None
     """``json_schema``, ``json_object``, ``text`` or ``None``."""
     max_tokens: int
+    """The output cap in whichever field the request gave it (0: none)."""
+    max_tokens_field: int = 0
+    """The cap in ``max_tokens`` itself: the only field llama.cpp's server reads (0: none)."""
 
     @classmethod
     def parse(cls, path: str, body: dict[str, Any]) -> Query:
@@ -105,7 +119,12 @@ class Query:
             tool_choice=body.get("tool_choice", "auto"),
             format_type=response_format.get("type"),
             max_tokens=int(max_tokens or 0),
+            max_tokens_field=int(body.get("max_tokens") or 0) if path == CHAT_PATH else 0,
         )
+
+    def cap(self, llama: bool) -> int:
+        """The output cap the server honours (0: none); llama.cpp ignores ``max_completion_tokens``."""
+        return self.max_tokens_field if llama else self.max_tokens
 
     @property
     def prompt(self) -> str:
@@ -148,8 +167,8 @@ def offline_answer(model: Model, query: Query, tool: str | None) -> str:
 
 def render(query: Query, number: int, tool: str | None, text: str, *, truncated: bool, cached: int) -> Any:
     """The answer to ``query`` in its API's format, with usage (prompt tokens ≈ characters / 4)."""
-    prompt_tokens = len(query.prompt) // 4
-    completion_tokens = max(1, len(text) // 4)
+    prompt_tokens = len(query.prompt) // CHARS_PER_TOKEN
+    completion_tokens = max(1, len(text) // CHARS_PER_TOKEN)
     call_id = f"call_{number}"
     if query.api == "chat":
         message: dict[str, Any] = {"role": "assistant", "content": None if tool else text}

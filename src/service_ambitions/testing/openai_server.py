@@ -32,8 +32,11 @@ from service_ambitions.testing._protocol import CHAT_PATH, RESPONSES_PATH, Query
 
 __all__ = ["FAULTS", "Behaviour", "FakeOpenAIServer", "RecordedRequest", "ServerCounters", "unused_port"]
 
-FAULTS = frozenset({"ok", "stall", "reset", "garbage", "truncated", "quota"})
-"""Scripted faults; any three-digit HTTP status (``"429"``, ``"500"``, ``"401"``...) is one too."""
+FAULTS = frozenset({"ok", "stall", "reset", "garbage", "truncated", "runaway", "quota"})
+"""Scripted faults; any three-digit HTTP status (``"429"``, ``"500"``, ``"401"``...) is one too.
+
+``truncated`` cuts the answer in half (``finish_reason: length``); ``runaway`` answers ~10,000 tokens of
+repetition (invalid JSON) unless the output cap the server reads stops it first."""
 _POLL = 0.05  # seconds between shutdown checks of the serving loop (stop() waits up to this long)
 
 
@@ -50,7 +53,8 @@ class Behaviour:
         faults: The fault for each request number (1-based): a sequence (``ok`` past its end) or a function.
         stall_seconds: How long a ``stall`` holds the request before dropping the connection unanswered.
         llama: Behave like llama.cpp's server: reject ``json_schema`` response formats, ignore
-            ``tool_choice: "required"`` (answer fenced JSON text unless a tool is named).
+            ``tool_choice: "required"`` (answer fenced JSON text unless a tool is named), read the
+            output cap from ``max_tokens`` only (not ``max_completion_tokens``) and cut answers at it.
         llama_status: The status llama mode answers an unsupported ``response_format`` with.
         prefix_cache: Simulate OpenAI prompt caching in ``usage.prompt_tokens_details.cached_tokens``.
         clock: Time source of the rate-limit window and the request log.
