@@ -264,3 +264,19 @@ async def test_a_stall_once_is_retried() -> None:
         error, _ = await call(server.base_url, request_timeout=0.3)
     assert error is None
     assert [request.fault for request in server.chat_requests()] == ["stall", "ok"]
+
+
+def test_openai_base_url_alone_points_at_a_local_server(tmp_path: Path) -> None:
+    """The providers' usual variable is enough: no key, no SA_BASE_URL, the compatible-server profile."""
+    with FakeOpenAIServer(Behaviour(llama=True)) as server:
+        environment = {key: value for key, value in os.environ.items() if key != "OPENAI_API_KEY"}
+        environment.update({**FAST_RETRIES, "OPENAI_BASE_URL": server.base_url})
+        output = tmp_path / "out.jsonl"
+        result = subprocess.run(
+            [sys.executable, "-m", "service_ambitions", "run", "--input-file", str(SAMPLES), "--output-file",
+             str(output), "--model", "openai-chat:qwen", "--max-services", "1", "--cache-mode", "off"],
+            env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(records(output)) == 1
+    assert records(output)[0]["provenance"]["descriptions"] == "openai-chat:qwen"

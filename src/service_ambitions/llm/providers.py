@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KEY_VARIABLES",
     "LOCAL_OUTPUT_CAP",
+    "base_url_of",
     "export_dotenv_provider_keys",
     "ModelRef",
     "check_provider_keys",
@@ -104,10 +105,15 @@ def export_dotenv_provider_keys(path: Path = Path(".env")) -> list[str]:
     return sorted(exported)
 
 
+def base_url_of(settings: Settings) -> str | None:
+    """The OpenAI-compatible server of ``openai*`` models: ``base_url``, else ``OPENAI_BASE_URL``."""
+    return settings.base_url or os.environ.get("OPENAI_BASE_URL") or None
+
+
 def _has_key(provider: str, settings: Settings) -> tuple[bool, str]:
     if provider in KEYLESS:
         return True, ""
-    if provider.startswith("openai") and settings.base_url:
+    if provider.startswith("openai") and base_url_of(settings):
         return True, ""  # an OpenAI-compatible local server may not need a key
     variables = KEY_VARIABLES.get(provider)
     if variables is None:
@@ -135,7 +141,7 @@ def check_provider_keys(settings: Settings, model_ids: Iterable[str] | None = No
 
 def compatible_server(model_id: str, settings: Settings) -> bool:
     """Whether the model is an ``openai*`` model served by an OpenAI-compatible server (``base_url``)."""
-    return bool(settings.base_url) and parse_model_id(model_id).provider.startswith("openai")
+    return bool(base_url_of(settings)) and parse_model_id(model_id).provider.startswith("openai")
 
 
 def output_cap(model_id: str, settings: Settings) -> int | None:
@@ -205,14 +211,14 @@ def resolve_model(
             from pydantic_ai.providers.openai import OpenAIProvider  # noqa: PLC0415
 
             key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-            if settings.base_url and key is None and not os.environ.get("OPENAI_API_KEY"):
+            if base_url_of(settings) and key is None and not os.environ.get("OPENAI_API_KEY"):
                 key = "not-needed"  # local OpenAI-compatible servers ignore the key
             provider: Any = OpenAIProvider(
-                base_url=settings.base_url,
+                base_url=base_url_of(settings),
                 api_key=key,
                 http_client=retrying_client(settings, on_retry=on_retry, limits=limits),
             )
-            if settings.base_url:
+            if base_url_of(settings):
                 return _compatible_model(ref, model_id, provider, settings)
         elif ref.provider in TRANSPORT_PROVIDERS:
             from pydantic_ai.providers import infer_provider_class  # noqa: PLC0415
