@@ -83,6 +83,6 @@ def test_provider_settings_are_per_model(monkeypatch: pytest.MonkeyPatch) -> Non
     google = gateway._model("google:gemini-2.5-flash")
     assert openai.settings is not None
     assert openai.settings.get("max_retries") == 0
-    assert openai.settings.get("openai_reasoning_effort") == "low"  # type: ignore[typeddict-item]
+    assert openai.settings.get("openai_reasoning_effort") == "low"
     assert "max_retries" not in (google.settings or {})
     assert "openai_reasoning_effort" not in (google.settings or {})
