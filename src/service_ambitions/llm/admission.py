@@ -8,7 +8,8 @@ slot can never turn into a burst of permits taken minutes earlier.
   tenacity retry transport, so every HTTP attempt, retries included, takes its own permit, and every
   response (429s included) feeds the provider's rate-limit headers to the model's :class:`ModelLimits`.
 * Other models (the offline model, test fakes): :class:`RateLimitedModel`, a pydantic-ai
-  ``WrapperModel``, takes the permit around each request.
+  ``WrapperModel``, takes the permit around each request. They send no headers, so there is no
+  probe window for them; a rate-limit error they raise pauses their own model at once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from pydantic_ai.exceptions import ModelRateLimitError
 from pydantic_ai.models.wrapper import WrapperModel
 
 from service_ambitions.llm.ratelimits import HeaderLimits, ModelLimits, parse_rate_limit_headers
@@ -78,23 +80,23 @@ class RateLimitedTransport:
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         """Take a permit, send, read the rate-limit headers, settle the permit with real usage."""
         body = request.content if request.method == "POST" else b""
-        permit = await self.limits.acquire(_body_estimate(body))
+        admission = await self.limits.acquire(_body_estimate(body))
         try:
             response: httpx2.Response = await self.wrapped.handle_async_request(request)
         except BaseException:
-            if permit is not None:
-                permit.settle(0)
+            admission.permit.settle(0)
             self.limits.failed_before_answer()
             raise
-        self.limits.observe(response.status_code, parse_rate_limit_headers(response.headers))
-        if permit is not None:
-            if response.status_code >= 400:
-                permit.settle(0)  # not processed: providers do not meter refused requests
-            elif "json" in response.headers.get("content-type", ""):
-                await response.aread()
-                used = _usage_tokens(response.content)
-                if used is not None:
-                    permit.settle(used)
+        self.limits.observe(response.status_code, parse_rate_limit_headers(response.headers), admission)
+        if response.status_code >= 400:
+            admission.permit.settle(0)  # not processed: providers do not meter refused requests
+        elif self.limits.tpm is not None and "json" in response.headers.get("content-type", ""):
+            # Real usage matters only under a token limit (no need to read and parse every answer
+            # twice otherwise; a limit learned later starts from the estimates, which are higher).
+            await response.aread()
+            used = _usage_tokens(response.content)
+            if used is not None:
+                admission.permit.settle(used)
         return response
 
     async def aclose(self) -> None:
@@ -109,6 +111,7 @@ class RateLimitedModel(WrapperModel):
         super().__init__(wrapped)
         self.limits = limits
         self.max_tokens = max_tokens
+        limits.expect_no_headers()
 
     async def request(
         self,
@@ -118,15 +121,18 @@ class RateLimitedModel(WrapperModel):
     ) -> ModelResponse:
         """Admit, pass the request on, settle the permit with the answer's usage."""
         chars = sum(len(str(getattr(part, "content", ""))) for message in messages for part in message.parts)
-        permit = await self.limits.acquire(estimate_request_tokens(chars, self.max_tokens))
+        admission = await self.limits.acquire(estimate_request_tokens(chars, self.max_tokens))
         try:
             response = await super().request(messages, model_settings, model_request_parameters)
-        except BaseException:
-            if permit is not None:
-                permit.settle(0)
-            self.limits.failed_before_answer()
+        except BaseException as exc:
+            admission.permit.settle(0)
+            if isinstance(exc, ModelRateLimitError) or getattr(exc, "status_code", None) == 429:
+                # Pause this model (not the primary of a fallback chain) before anyone else is sent.
+                retry_after = getattr(exc, "retry_after", None)
+                self.limits.observe(429, HeaderLimits(retry_after=retry_after), admission)
+            else:
+                self.limits.failed_before_answer()
             raise
-        self.limits.observe(200, HeaderLimits())
-        if permit is not None:
-            permit.settle(response.usage.input_tokens + response.usage.output_tokens)
+        self.limits.observe(200, HeaderLimits(), admission)
+        admission.permit.settle(response.usage.input_tokens + response.usage.output_tokens)
         return response

@@ -8,7 +8,8 @@ is admitted when all of these allow it:
   (``aiolimiter.AsyncLimiter(n, 60)`` starts full and passes up to 2n in its first minute);
 * a ledger of the last 60 s, so that no sliding minute goes over the limit, whatever the burst, the
   refunds or the pauses (a bucket alone would let ``window/60`` more through);
-* no :meth:`RateLimiter.pause` in force (a 429's ``retry_after``).
+* no :meth:`RateLimiter.pause` in force (a 429's ``retry_after``);
+* the caller's own ``hold`` allows it (the provider's remaining budget, see ``llm/ratelimits.py``).
 
 Tokens are estimated before the call and corrected with :meth:`Permit.settle` after it, the way
 providers meter them. A request larger than a bucket (or than the whole limit) goes once the bucket (or
@@ -24,7 +25,7 @@ import asyncio
 import selectors
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 __all__ = ["Clock", "MonotonicClock", "Permit", "RateLimiter", "VirtualClock"]
@@ -207,9 +208,11 @@ class _Ledger:
         self._rpm, self._tpm = rpm, tpm
 
     def charge(self, now: float, tokens: int, *, sent: bool) -> None:
-        if sent and self._rpm:
+        # Recorded whatever the limits in force: a limit learned later (or retuned) must count what
+        # was sent before it was known.
+        if sent:
             self._sent.append(now)
-        if tokens == 0 or not self._tpm:
+        if tokens == 0:
             return
         self._total += tokens
         self._charges.append((now, self._total))
@@ -264,6 +267,9 @@ class RateLimiter:
         clock: Time source; real time by default.
         window: Seconds of rate each bucket holds, i.e. the largest burst. Short keeps traffic smooth;
             the 60 s ledger keeps every minute within the limits whatever the window.
+        hold: ``hold(tokens, now)``: seconds the head of the queue must still wait for a reason of the
+            caller's (0 when none). Checked with the limits, so nobody is admitted past it; call
+            :meth:`wake` when what it depends on changes.
     """
 
     def __init__(
@@ -273,6 +279,7 @@ class RateLimiter:
         *,
         clock: Clock | None = None,
         window: float = 2.0,
+        hold: Callable[[int, float], float] | None = None,
     ) -> None:
         if (rpm is not None and rpm < 1) or (tpm is not None and tpm < 1):
             raise ValueError(f"rpm and tpm must be positive or None, got rpm={rpm}, tpm={tpm}")
@@ -292,6 +299,9 @@ class RateLimiter:
         # asyncio.Lock hands over in acquisition order: it is the FIFO queue; its holder is the head.
         self._lock = asyncio.Lock()
         self._queued = 0
+        self._hold = hold
+        self.admitted = 0
+        """Permits handed out so far (every one a request sent)."""
 
     @property
     def queued(self) -> int:
@@ -338,12 +348,16 @@ class RateLimiter:
             self._tokens = _Bucket(tpm, self._window, now) if tpm else None
         self.rpm, self.tpm = rpm, tpm
         self._ledger.retune(rpm, tpm)
-        if self._sleeper is not None:
-            self._sleeper.cancel()  # the head re-checks against the new limits
+        self.wake()  # the head re-checks against the new limits
 
     def pause(self, seconds: float) -> None:
         """Admit no one for ``seconds`` from now (a 429's ``retry_after``); never shortens a pause."""
         self._paused_until = max(self._paused_until, self._clock.now() + seconds)
+
+    def wake(self) -> None:
+        """Make the waiting head check again now (what its ``hold`` depends on has changed)."""
+        if self._sleeper is not None:
+            self._sleeper.cancel()
 
     async def _nap(self, seconds: float) -> None:
         sleeper = self._sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
@@ -357,6 +371,8 @@ class RateLimiter:
 
     def _delay(self, tokens: int, now: float) -> float:
         delay = max(self._paused_until - now, self._ledger.wait(tokens, now))
+        if self._hold is not None:
+            delay = max(delay, self._hold(tokens, now))
         if self._requests is not None:
             delay = max(delay, self._requests.wait(1, now))
         if self._tokens is not None:
@@ -364,6 +380,7 @@ class RateLimiter:
         return delay
 
     def _admit(self, tokens: int, now: float) -> Permit:
+        self.admitted += 1
         self._ledger.charge(now, tokens, sent=True)
         if self._requests is not None:
             self._requests.charge(1, now)

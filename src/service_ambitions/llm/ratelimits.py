@@ -14,13 +14,18 @@ ledger keeps under them, while the ``remaining`` budget (which counts every proc
 CI shards share the account without talking) holds admission until the provider's reset when it runs
 out. Before the first answer only a small probe window is let through; a server that sends no
 headers (a local one) gets no client-side limit at all unless one is configured.
+
+Every check happens at the head of the model's one FIFO queue (the :class:`RateLimiter`, whose
+``hold`` is the probe window and the budget), so callers already queued can never slip past a budget
+that ran out while they waited. A provider's ``remaining`` is what it had counted when it received
+that request: the requests sent after it, still in flight, are taken off it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import email.utils
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,15 +34,32 @@ from typing import Literal
 
 from service_ambitions.llm.limiter import Clock, MonotonicClock, Permit, RateLimiter
 
-__all__ = ["HeaderLimits", "LimitMode", "ModelLimits", "parse_duration", "parse_rate_limit_headers"]
+__all__ = [
+    "Admission",
+    "HeaderLimits",
+    "LimitMode",
+    "ModelLimits",
+    "parse_duration",
+    "parse_rate_limit_headers",
+]
 
 LimitMode = Literal["learn", "fixed", "off"]
 PROBE_WINDOW = 4
 """Requests let through before the provider's first answer says what the limits are."""
 DEFAULT_429_PAUSE = 1.0
 """Pause after a 429 that says nothing about when to come back."""
+_PROBE_RECHECK = 1.0  # seconds between checks of a closed probe window (an answer wakes it at once)
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def _number(text: str) -> float | None:
+    """A finite, non-negative number, or None (junk, negative, ``inf``, ``nan``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def parse_duration(text: str) -> float | None:
@@ -45,8 +67,9 @@ def parse_duration(text: str) -> float | None:
     text = text.strip()
     if not text:
         return None
-    with contextlib.suppress(ValueError):
-        return max(0.0, float(text))
+    number = _number(text)
+    if number is not None:
+        return number
     position = 0
     total = 0.0
     for match in _DURATION.finditer(text):
@@ -55,7 +78,7 @@ def parse_duration(text: str) -> float | None:
         value, unit = float(match.group(1)), match.group(2)
         total += value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
         position = match.end()
-    return total if position == len(text) and position else None
+    return total if position == len(text) and position and math.isfinite(total) else None
 
 
 def _seconds_until(text: str, now: datetime) -> float | None:
@@ -68,7 +91,7 @@ def _seconds_until(text: str, now: datetime) -> float | None:
     with contextlib.suppress(ValueError):
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if when is None:
-        with contextlib.suppress(TypeError, ValueError):
+        with contextlib.suppress(TypeError, ValueError, IndexError):
             when = email.utils.parsedate_to_datetime(text)
     if when is None:
         return None
@@ -78,17 +101,18 @@ def _seconds_until(text: str, now: datetime) -> float | None:
 
 
 def _int(value: str | None) -> int | None:
-    if value is None:
-        return None
-    with contextlib.suppress(ValueError):
-        number = int(float(value.strip()))
-        return number if number >= 0 else None
-    return None
+    number = _number(value.strip()) if value is not None else None
+    return int(number) if number is not None else None
 
 
 @dataclass(frozen=True)
 class HeaderLimits:
-    """What one response said about the account's limits (None: not said)."""
+    """What one response said about the account's limits (None: not said).
+
+    ``tpm``, ``remaining_tokens`` and ``reset_tokens`` are the token limit admission keeps under:
+    OpenAI's, or Anthropic's combined ``tokens-*`` (its most restrictive one in effect), else the
+    tighter of Anthropic's input and output limits. ``input_tpm``/``output_tpm`` are Anthropic's own.
+    """
 
     rpm: int | None = None
     tpm: int | None = None
@@ -97,6 +121,8 @@ class HeaderLimits:
     reset_requests: float | None = None
     reset_tokens: float | None = None
     retry_after: float | None = None
+    input_tpm: int | None = None
+    output_tpm: int | None = None
 
     @property
     def any(self) -> bool:
@@ -105,7 +131,7 @@ class HeaderLimits:
 
 
 def parse_rate_limit_headers(headers: Mapping[str, str], *, now: datetime | None = None) -> HeaderLimits:
-    """Read the rate-limit headers of a response (names case-insensitive)."""
+    """Read the rate-limit headers of a response (names case-insensitive; junk values ignored)."""
     lower = {key.lower(): value for key, value in headers.items()}
     now = now or datetime.now(UTC)
 
@@ -118,22 +144,29 @@ def parse_rate_limit_headers(headers: Mapping[str, str], *, now: datetime | None
 
     retry_after: float | None = None
     if "retry-after-ms" in lower:
-        milliseconds = _int(lower["retry-after-ms"])
+        milliseconds = _number(lower["retry-after-ms"].strip())
         retry_after = milliseconds / 1000 if milliseconds is not None else None
     if retry_after is None:
         retry_after = seconds("retry-after")
-    anthropic_tokens = "anthropic-ratelimit-tokens-limit" in lower
-    token_prefix = "anthropic-ratelimit-tokens" if anthropic_tokens else "anthropic-ratelimit-input-tokens"
+    anthropic = "anthropic-ratelimit"
+    input_tpm = _int(lower.get(f"{anthropic}-input-tokens-limit"))
+    output_tpm = _int(lower.get(f"{anthropic}-output-tokens-limit"))
+    if f"{anthropic}-tokens-limit" in lower or (input_tpm is None and output_tpm is None):
+        tokens = f"{anthropic}-tokens"
+    elif output_tpm is not None and (input_tpm is None or output_tpm < input_tpm):
+        tokens = f"{anthropic}-output-tokens"
+    else:
+        tokens = f"{anthropic}-input-tokens"
     return HeaderLimits(
-        rpm=_int(first("x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit")),
-        tpm=_int(first("x-ratelimit-limit-tokens", f"{token_prefix}-limit")),
-        remaining_requests=_int(
-            first("x-ratelimit-remaining-requests", "anthropic-ratelimit-requests-remaining")
-        ),
-        remaining_tokens=_int(first("x-ratelimit-remaining-tokens", f"{token_prefix}-remaining")),
-        reset_requests=seconds("x-ratelimit-reset-requests", "anthropic-ratelimit-requests-reset"),
-        reset_tokens=seconds("x-ratelimit-reset-tokens", f"{token_prefix}-reset"),
+        rpm=_int(first("x-ratelimit-limit-requests", f"{anthropic}-requests-limit")),
+        tpm=_int(first("x-ratelimit-limit-tokens", f"{tokens}-limit")),
+        remaining_requests=_int(first("x-ratelimit-remaining-requests", f"{anthropic}-requests-remaining")),
+        remaining_tokens=_int(first("x-ratelimit-remaining-tokens", f"{tokens}-remaining")),
+        reset_requests=seconds("x-ratelimit-reset-requests", f"{anthropic}-requests-reset"),
+        reset_tokens=seconds("x-ratelimit-reset-tokens", f"{tokens}-reset"),
         retry_after=retry_after,
+        input_tpm=input_tpm,
+        output_tpm=output_tpm,
     )
 
 
@@ -143,6 +176,17 @@ class _Budget:
 
     left: int
     until: float
+
+
+@dataclass(frozen=True)
+class Admission:
+    """One request let through: its rate permit and its place in the model's sending order."""
+
+    permit: Permit
+    requests_through: int
+    """Requests sent up to and including this one."""
+    tokens_through: int
+    """Estimated tokens sent up to and including this one."""
 
 
 class ModelLimits:
@@ -173,14 +217,16 @@ class ModelLimits:
         self.learned_rpm: int | None = None
         self.learned_tpm: int | None = None
         self.clock: Clock = clock or MonotonicClock()
-        self.limiter: RateLimiter | None = None
-        self._retune()
+        # Always there, even with no limit in force: its ledger counts what was sent before a limit
+        # is learned, and it carries 429 pauses and the budget's hold.
+        self.limiter = RateLimiter(self.rpm, self.tpm, clock=self.clock, hold=self._hold)
         self.observed = False
         self.headers_seen = False
         self.throttled_429 = 0
         self._probing = mode == "learn"
         self._probe_sent = 0
-        self._probe_done = asyncio.Event()
+        self._requests_sent = 0
+        self._tokens_sent = 0
         self._requests_budget: _Budget | None = None
         self._tokens_budget: _Budget | None = None
 
@@ -210,55 +256,59 @@ class ModelLimits:
 
     def _retune(self) -> None:
         rpm, tpm = self.rpm, self.tpm
-        if rpm is None and tpm is None:
-            self.limiter = None
-        elif self.limiter is None:
-            self.limiter = RateLimiter(rpm, tpm, clock=self.clock)
-        elif (self.limiter.rpm, self.limiter.tpm) != (rpm, tpm):
+        if (self.limiter.rpm, self.limiter.tpm) != (rpm, tpm):
             self.limiter.retune(rpm, tpm)
 
     # admission ----------------------------------------------------------------------------------
-    async def acquire(self, tokens: int) -> Permit | None:
-        """Wait until one request of ``tokens`` (estimated) may be sent now; None when nothing limits it."""
-        while self._probing and self._probe_sent >= PROBE_WINDOW:
-            await self._probe_done.wait()
+    async def acquire(self, tokens: int) -> Admission:
+        """Wait until one request of ``tokens`` (estimated) may be sent now."""
+        permit = await self.limiter.acquire(tokens)
+        # Nothing awaits between the limiter's admission and here, so these counts are up to date
+        # before the next caller's turn is checked.
+        self._requests_sent += 1
+        self._tokens_sent += tokens
         if self._probing:
             self._probe_sent += 1
-        await self._wait_for_budget(tokens)
-        limiter = self.limiter
-        permit = await limiter.acquire(tokens) if limiter is not None else None
         if self._requests_budget is not None:
             self._requests_budget.left -= 1
         if self._tokens_budget is not None:
             self._tokens_budget.left -= tokens
-        return permit
+        return Admission(permit, self._requests_sent, self._tokens_sent)
 
-    async def _wait_for_budget(self, tokens: int) -> None:
-        while True:
-            now = self.clock.now()
-            wake = now
-            for budget, need in ((self._requests_budget, 1), (self._tokens_budget, tokens)):
-                if budget is not None and budget.until > now and budget.left < need:
-                    wake = max(wake, budget.until)
-            if wake <= now:
-                return
-            await self.clock.sleep(wake - now)
+    def _hold(self, tokens: int, now: float) -> float:
+        """The limiter's extra wait: a closed probe window, or a budget spent before its reset."""
+        if self._probing and self._probe_sent >= PROBE_WINDOW:
+            return _PROBE_RECHECK
+        wake = now
+        for budget, need in ((self._requests_budget, 1), (self._tokens_budget, tokens)):
+            if budget is not None and budget.until > now and budget.left < need:
+                wake = max(wake, budget.until)
+        return wake - now
 
     def pause(self, seconds: float) -> None:
-        """Admit nothing for ``seconds`` (a 429 or a provider's retry-after)."""
-        if self.limiter is None and self.mode != "off":
-            # No limiter yet (nothing configured, nothing learned): hold admission through the budget.
-            self._requests_budget = _Budget(left=0, until=self.clock.now() + seconds)
-        if self.limiter is not None:
+        """Admit nothing for ``seconds`` (a 429 or a provider's retry-after); nothing in ``off`` mode."""
+        if self.mode != "off":
             self.limiter.pause(seconds)
 
+    def expect_no_headers(self) -> None:
+        """The model sends no rate-limit headers (not over HTTP): nothing to probe for."""
+        self._end_probe()
+
     # learning -----------------------------------------------------------------------------------
-    def observe(self, status: int, headers: HeaderLimits) -> None:
-        """Take in what one response said (every attempt's response, 429s included)."""
+    def observe(self, status: int, headers: HeaderLimits, admission: Admission | None = None) -> None:
+        """Take in what one response said (every attempt's response, 429s included).
+
+        Args:
+            status: The HTTP status.
+            headers: Its rate-limit headers.
+            admission: The request's admission: what was sent after it is taken off ``remaining``.
+        """
         now = self.clock.now()
         if status == 429:
             self.throttled_429 += 1
-            wait = headers.retry_after or _largest(headers.reset_requests, headers.reset_tokens)
+            wait = headers.retry_after
+            if wait is None:
+                wait = _largest(headers.reset_requests, headers.reset_tokens)
             self.pause(wait if wait is not None else DEFAULT_429_PAUSE)
         if self.mode == "learn" and headers.any:
             self.headers_seen = True
@@ -267,35 +317,44 @@ class ModelLimits:
             if headers.tpm:
                 self.learned_tpm = headers.tpm
             self._retune()
+            after_requests = self._requests_sent - admission.requests_through if admission else 0
+            after_tokens = self._tokens_sent - admission.tokens_through if admission else 0
             self._requests_budget = _merge(
-                self._requests_budget, headers.remaining_requests, headers.reset_requests, now
+                self._requests_budget, headers.remaining_requests, headers.reset_requests, now, after_requests
             )
             self._tokens_budget = _merge(
-                self._tokens_budget, headers.remaining_tokens, headers.reset_tokens, now
+                self._tokens_budget, headers.remaining_tokens, headers.reset_tokens, now, after_tokens
             )
+            self.limiter.wake()  # a new budget may let the head in earlier
         self.observed = True
-        if self._probing:
-            self._probing = False
-            self._probe_done.set()
+        self._end_probe()
 
     def failed_before_answer(self) -> None:
         """A request that got no response at all (connection error) still ends the probe window."""
+        self._end_probe()
+
+    def _end_probe(self) -> None:
         if self._probing:
             self._probing = False
-            self._probe_done.set()
+            self.limiter.wake()
 
 
-def _merge(current: _Budget | None, remaining: int | None, reset: float | None, now: float) -> _Budget | None:
+def _merge(
+    current: _Budget | None, remaining: int | None, reset: float | None, now: float, sent_after: int
+) -> _Budget | None:
     """The provider's latest word on the budget; a lower figure within the same window wins.
 
-    Answers arrive out of order, and ours are spent from ``left`` as they are sent, so a higher figure
-    from an older answer must not undo what we know was sent since.
+    ``remaining`` is what the provider had left when it received the request, so what we sent after
+    it (``sent_after``) is spent from it too. Answers arrive out of order, and ours are spent from
+    ``left`` as they are sent, so a higher figure from an older answer must not undo what we know
+    was sent since.
     """
     if remaining is None:
         return current
-    if current is not None and current.until > now and current.left <= remaining:
+    left = remaining - sent_after
+    if current is not None and current.until > now and current.left <= left:
         return current
-    return _Budget(left=remaining, until=now + (reset if reset is not None else 1.0))
+    return _Budget(left=left, until=now + (reset if reset is not None else 1.0))
 
 
 def _lowest(first: int | None, second: int | None) -> int | None:
