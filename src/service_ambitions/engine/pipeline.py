@@ -225,37 +225,25 @@ class ServicePipeline:
         """
         descriptions, descriptions_model = await self._descriptions(service)
         outcomes: dict[int, _PlateauOutcome] = {}
-        # Features of plateau N+1 are written while plateau N is being mapped: a producer runs the
-        # features calls in level order and hands each plateau to mapping consumers through a
-        # bounded queue. A slot is held from a plateau's features call until its mappings finish,
-        # so at most ``plateau_concurrency`` plateaus are in flight.
+        # Each plateau is one task: its features call, then its mapping calls. No plateau waits for
+        # another (features depend only on the descriptions), so with enough slots one service's
+        # critical path is three calls: descriptions, features, mapping. A slot is taken before a
+        # plateau's task is spawned and released when its mappings finish, in level order, so at
+        # most ``plateau_concurrency`` plateaus are in flight.
         slots = asyncio.Semaphore(self.plateau_concurrency)
-        handoff: asyncio.Queue[_FeaturesDone | None] = asyncio.Queue(maxsize=self.plateau_concurrency)
 
-        async def produce() -> None:
-            for plateau in self.content.plateaus:
-                await slots.acquire()
-                try:
-                    done = await self._features(service, plateau, descriptions[plateau.level])
-                except BaseException:
-                    slots.release()
-                    raise
-                await handoff.put(done)
-            for _ in range(self.plateau_concurrency):
-                await handoff.put(None)
-
-        async def consume() -> None:
-            while (done := await handoff.get()) is not None:
-                try:
-                    outcomes[done.plateau.level] = await self._map_plateau(service, done)
-                finally:
-                    slots.release()
+        async def plateau_task(plateau: Plateau) -> None:
+            try:
+                done = await self._features(service, plateau, descriptions[plateau.level])
+                outcomes[plateau.level] = await self._map_plateau(service, done)
+            finally:
+                slots.release()
 
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(produce())
-                for _ in range(self.plateau_concurrency):
-                    group.create_task(consume())
+                for plateau in self.content.plateaus:
+                    await slots.acquire()
+                    group.create_task(plateau_task(plateau))
         except* Exception as failures:
             raise failures.exceptions[0] from None
 
