@@ -16,8 +16,9 @@ uv:  ## Install uv when it is missing (pip install uv)
 		$(PYTHON) -m pip install --quiet --user --break-system-packages uv || \
 		$(PYTHON) -m pip install --quiet uv
 
-install: uv  ## Create .venv from uv.lock (runtime + dev tools)
-	@$(UV) sync --frozen --quiet
+install: uv  ## Create .venv from uv.lock (runtime + dev tools), with bytecode compiled
+	@$(UV) sync --frozen --quiet --compile-bytecode
+	@$(UV) run --frozen python -m compileall -q src scripts >/dev/null
 
 sample: install  ## Run the pipeline on the bundled samples with the offline model -> out/evolutions.jsonl
 	$(RUN) service-ambitions run --input-file samples/services.jsonl --output-file $(OUT)/evolutions.jsonl \
