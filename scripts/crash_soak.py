@@ -73,12 +73,14 @@ def _command(work: Path) -> list[str]:
     ]
 
 
-def soak(work: Path, *, iterations: int, services: int, seed: int, max_delay: float = 3.0) -> SoakResult:
+def soak(
+    work: Path, *, iterations: int, services: int, seed: int, max_delay: float = 3.0, latency_ms: int = 5
+) -> SoakResult:
     """Run the soak in ``work`` and report what the final output holds."""
     started = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     expected = write_services(work / "services.jsonl", services)
-    env = {**os.environ, "SA_OFFLINE__LATENCY_MS": "5", "SA_MODEL": "offline"}
+    env = {**os.environ, "SA_OFFLINE__LATENCY_MS": str(latency_ms), "SA_MODEL": "offline"}
     rng = random.Random(seed)
     result = SoakResult(iterations=iterations, services=services)
     # A killed fresh run leaves evolutions.jsonl.partial, which the next --resume continues.

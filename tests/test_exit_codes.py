@@ -58,8 +58,9 @@ def integrity(cli: Cli, tmp: Path) -> int:
 
 def interrupted(cli: Cli, tmp: Path) -> int:
     (tmp / "services.jsonl").write_bytes(SAMPLES.read_bytes())
-    env = {**os.environ, "SA_OFFLINE__LATENCY_MS": "50"}
-    process = subprocess.Popen([sys.executable, "-m", "service_ambitions", "run", "-q"], env=env)
+    env = {**os.environ, "SA_OFFLINE__LATENCY_MS": "100"}
+    command = [sys.executable, "-m", "service_ambitions", "run", "-q", "--concurrency", "1"]
+    process = subprocess.Popen(command, env=env)
     output = tmp / "evolutions.jsonl.partial"  # where a fresh run writes until it is complete
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (output.exists() and output.read_bytes().count(b"\n") >= 2):
