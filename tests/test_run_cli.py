@@ -262,3 +262,15 @@ def test_summary_shows_the_rate_limits_in_force(cli: Cli, isolated: Path) -> Non
         "source": "configured",
         "throttled_429": 0,
     }
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["run"], ["validate"], ["map"], ["reverse"], ["report"], ["export"], ["migrate"], ["cache", "validate"]],
+)
+def test_help_examples_keep_their_lines(cli: Cli, command: list[str]) -> None:
+    text = cli(*command, "--help").stdout
+    examples = text.split("Example", 1)[1].split("Options:", 1)[0]
+    lines = [line for line in examples.splitlines()[1:] if line.strip()]
+    assert lines
+    assert all(line.startswith("      service-ambitions ") for line in lines), examples

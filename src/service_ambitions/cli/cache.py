@@ -99,8 +99,9 @@ def validate(
     at the directory: it does not exist, is empty, is a file, or holds other files but no manifest.sqlite3.
 
     Examples:
-        service-ambitions cache validate --cache-dir ~/.cache/service-ambitions
 
+    \b
+        service-ambitions cache validate --cache-dir ~/.cache/service-ambitions
         service-ambitions cache validate --repair
     """
     cache = _open(config, cache_dir)
@@ -147,10 +148,10 @@ def purge(
     there is no cache at the directory (as for `cache validate`).
 
     Examples:
+
+    \b
         service-ambitions cache purge --older-than 30d
-
         service-ambitions cache purge --max-size 500MB --dry-run
-
         service-ambitions cache purge
     """
     if not (older_than or max_size or everything):

@@ -55,8 +55,8 @@ def export(
 
     Examples:
 
+    \b
         service-ambitions export --input-file out/evolutions.jsonl --format csv --output out/tables
-
         service-ambitions export --input-file out/evolutions.jsonl --format xlsx --output out/evolutions.xlsx
     """
     setup_logging(verbose=verbose, quiet=quiet)

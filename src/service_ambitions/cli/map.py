@@ -251,8 +251,9 @@ def map_command(
     digest. With unchanged catalogues and a warm cache it makes no model call. Exit codes as for `run`.
 
     Examples:
-        service-ambitions map --input-file evolutions.jsonl --output-file mapped.jsonl
 
+    \b
+        service-ambitions map --input-file evolutions.jsonl --output-file mapped.jsonl
         service-ambitions reverse && service-ambitions map --service-id SVC-001 --output-file -
     """
     from service_ambitions.context import build_context  # noqa: PLC0415

@@ -49,6 +49,8 @@ def migrate(
     3 for a missing or invalid input.
 
     Example:
+
+    \b
         service-ambitions migrate --from 1.0 --to 1.1 --input old.jsonl --output evolutions.jsonl
     """
     find_migration(from_version, to_version)  # an unsupported pair fails before anything is read

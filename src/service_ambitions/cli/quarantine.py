@@ -52,6 +52,7 @@ def ls(
 
     Example:
 
+    \b
         service-ambitions quarantine ls --output-file out/evolutions.jsonl
     """
     entries = list(_store(output_file).entries())
@@ -97,10 +98,9 @@ def rm(
 
     Examples:
 
+    \b
         service-ambitions quarantine rm 3f2a9c1b0d4e
-
         service-ambitions quarantine rm --service SVC-ADM-001
-
         service-ambitions quarantine rm --all
     """
     if not (entry_ids or service or everything):

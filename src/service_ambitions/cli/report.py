@@ -56,8 +56,8 @@ def report(
 
     Examples:
 
+    \b
         service-ambitions report --input-file out/evolutions.jsonl --output-dir out/report
-
         service-ambitions report --input-file out/evolutions.jsonl --summary-json out/summary.json
     """
     setup_logging(verbose=verbose, quiet=quiet)

@@ -141,8 +141,9 @@ def reverse(
     (the other records are written); 2 for a path that cannot be written.
 
     Examples:
-        service-ambitions reverse --input-file evolutions.jsonl --output-file features.jsonl
 
+    \b
+        service-ambitions reverse --input-file evolutions.jsonl --output-file features.jsonl
         service-ambitions reverse --cache-dir shared-cache && service-ambitions run --cache-dir shared-cache
     """
     from service_ambitions.cli import _paths  # noqa: PLC0415

@@ -184,8 +184,9 @@ def run(
     """Run the pipeline over a services file and write one validated record per service.
 
     Examples:
-        service-ambitions run --input-file samples/services.jsonl --model offline
 
+    \b
+        service-ambitions run --input-file samples/services.jsonl --model offline
         service-ambitions run --config config/app.yaml --model openai:gpt-5-mini --concurrency 16
     """
     redactor = build_redactor()

@@ -118,8 +118,9 @@ def validate(
     Every finding is listed with its file (and line); exit 0 when clean, 3 otherwise.
 
     Examples:
-        service-ambitions validate --input-file samples/services.jsonl
 
+    \b
+        service-ambitions validate --input-file samples/services.jsonl
         service-ambitions validate --input-file samples/services.jsonl --output-file evolutions.jsonl
     """
     findings: list[str] = []
