@@ -131,3 +131,13 @@ class TestValidateOutput:
         result = self.validate(cli)
         assert result.exit_code == 3
         assert "empty file, no header line" in result.stderr
+
+
+def test_a_schema_1_0_file_is_named_as_such(cli: Cli, isolated: Path) -> None:
+    old = {"service": service("A"), "plateaus": [], "meta": {"schema_version": "1.0", "run_id": "r"}}
+    (isolated / "old.jsonl").write_text(json.dumps(old) + "\n", encoding="utf-8")
+    for command in (["export", "--format", "csv", "--output", "tables"], ["report", "--output-dir", "site"]):
+        result = cli(*command, "--input-file", "old.jsonl")
+        assert result.exit_code == 3, result.stderr
+        assert "schema 1.0 file" in result.stderr
+        assert "service-ambitions migrate --from 1.0 --to 1.1" in result.stderr

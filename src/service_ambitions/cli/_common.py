@@ -207,7 +207,7 @@ def exits(func: Callable[P, R]) -> Callable[P, R]:
             err(f"error: {exc}")
             raise typer.Exit(int(exc.exit_code)) from None
         except KeyboardInterrupt:
-            err("interrupted: completed records were kept")
+            err("interrupted")
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
         except (typer.Exit, typer.Abort):
             raise

@@ -27,6 +27,11 @@ def _fail(path: Path, line: int, message: str) -> InputError:
     return InputError(f"{path}:{line}: {message}")
 
 
+def _is_schema_1_0(data: object) -> bool:
+    meta = data.get("meta") if isinstance(data, dict) else None
+    return isinstance(meta, dict) and str(meta.get("schema_version", "1.0")).startswith("1.0")
+
+
 def iter_evolutions(path: Path) -> Iterator[Header | ServiceEvolution]:
     """Yield the header, then each record, validating as it goes.
 
@@ -45,6 +50,13 @@ def iter_evolutions(path: Path) -> Iterator[Header | ServiceEvolution]:
                 data = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise _fail(path, number, f"invalid JSON: {exc}") from None
+            if number == 1 and _is_schema_1_0(data):
+                raise _fail(
+                    path,
+                    number,
+                    "this is a schema 1.0 file (no header line); convert it first: "
+                    f"service-ambitions migrate --from 1.0 --to 1.1 --input {path} --output <new file>",
+                )
             try:
                 if number == 1:
                     yield Header.model_validate(data)
