@@ -36,6 +36,9 @@ class Server(ThreadingHTTPServer):
     """``ThreadingHTTPServer`` that notes handler errors on the fake instead of printing tracebacks."""
 
     daemon_threads = True
+    # A run without client-side limits opens hundreds of connections at once; socketserver's default
+    # backlog of 5 would reset some of them, which no real provider does.
+    request_queue_size = 256
     fake: FakeOpenAIServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:
