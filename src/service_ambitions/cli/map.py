@@ -25,10 +25,24 @@ from service_ambitions.cli._common import (
     settings_from_flags,
     setup_logging,
 )
+from service_ambitions.cli._options import (
+    AllowPromptLoggingOption,
+    BudgetModeOption,
+    CacheDirOption,
+    CacheMode,
+    ConcurrencyOption,
+    ContextIdOption,
+    InspirationOption,
+    LlmConcurrencyOption,
+    MappingModelOption,
+    ProgressOption,
+    RunBudgetUsdOption,
+    StrictOption,
+    SummaryJsonOption,
+    TraceIdsOption,
+)
 from service_ambitions.cli._summary import render_summary, summary_data, write_summary
 from service_ambitions.cli.run import (
-    BudgetMode,
-    CacheMode,
     _progress_for,
     _raise_for_outcome,
     _run_until_signal,
@@ -155,15 +169,9 @@ def map_command(
     model: Annotated[
         str | None, typer.Option("--model", help="Model for every stage: provider:model, or 'offline'.")
     ] = None,
-    mapping_model: Annotated[
-        str | None, typer.Option("--mapping-model", help="Model for the mapping stage.")
-    ] = None,
-    concurrency: Annotated[
-        int | None, typer.Option("--concurrency", help="Services processed at once.")
-    ] = None,
-    llm_concurrency: Annotated[
-        int | None, typer.Option("--llm-concurrency", help="Model calls in flight at once, across the run.")
-    ] = None,
+    mapping_model: MappingModelOption = None,
+    concurrency: ConcurrencyOption = None,
+    llm_concurrency: LlmConcurrencyOption = None,
     rate_limit: Annotated[
         list[str] | None,
         typer.Option(
@@ -182,10 +190,7 @@ def map_command(
             "(exit 3) when the input, the service file, output-affecting settings or catalogues changed.",
         ),
     ] = False,
-    strict: Annotated[
-        bool | None,
-        typer.Option("--strict/--lenient", help="Any unknown id, facet violation or gap fails that service."),
-    ] = None,
+    strict: StrictOption = None,
     strict_mapping: Annotated[
         bool, typer.Option("--strict-mapping", help="The same as --strict (mapping is the only stage).")
     ] = False,
@@ -198,40 +203,19 @@ def map_command(
     cache_mode: Annotated[
         CacheMode | None, typer.Option("--cache-mode", help="off | read (default) | refresh | write.")
     ] = None,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Response cache directory.")] = None,
+    cache_dir: CacheDirOption = None,
     data_dir: DataDirOption = None,
     prompt_dir: PromptDirOption = None,
     roles_file: RolesFileOption = None,
-    context_id: Annotated[
-        str | None, typer.Option("--context-id", help="Situational context file name (without .md).")
-    ] = None,
-    inspiration: Annotated[str | None, typer.Option("--inspiration", help="Inspirations file name.")] = None,
-    run_budget_usd: Annotated[
-        float | None, typer.Option("--run-budget-usd", help="Spending cap for this run, in USD.")
-    ] = None,
-    budget_mode: Annotated[
-        BudgetMode | None,
-        typer.Option(
-            "--budget-mode", help="warn: log when the budget is passed; enforce: stop admitting, exit 4."
-        ),
-    ] = None,
-    summary_json: Annotated[
-        Path | None, typer.Option("--summary-json", help="Also write the run summary as JSON to this file.")
-    ] = None,
-    progress: Annotated[
-        bool,
-        typer.Option("--progress/--no-progress", help="Progress bar on stderr (only when it is a terminal)."),
-    ] = True,
-    allow_prompt_logging: Annotated[
-        bool,
-        typer.Option(
-            "--allow-prompt-logging", help="Log prompts and answers at debug level (-vv), redacted."
-        ),
-    ] = False,
+    context_id: ContextIdOption = None,
+    inspiration: InspirationOption = None,
+    run_budget_usd: RunBudgetUsdOption = None,
+    budget_mode: BudgetModeOption = None,
+    summary_json: SummaryJsonOption = None,
+    progress: ProgressOption = True,
+    allow_prompt_logging: AllowPromptLoggingOption = False,
     json_logs: JsonLogsOption = False,
-    trace_ids: Annotated[
-        bool, typer.Option("--trace-ids", help="Add request ids (and provider response ids) to model logs.")
-    ] = False,
+    trace_ids: TraceIdsOption = False,
     inject_failures: Annotated[
         str | None,
         typer.Option(

@@ -21,7 +21,15 @@ from service_ambitions.cli._common import (
     settings_from_flags,
     setup_logging,
 )
-from service_ambitions.cli.run import CacheMode
+from service_ambitions.cli._options import (
+    CacheDirOption,
+    CacheMode,
+    ContextIdOption,
+    DescriptionsModelOption,
+    FeaturesModelOption,
+    InspirationOption,
+    MappingModelOption,
+)
 from service_ambitions.errors import InputError
 
 if TYPE_CHECKING:
@@ -101,15 +109,9 @@ def reverse(
     model: Annotated[
         str | None, typer.Option("--model", help="Model for every stage, as `run` would use it.")
     ] = None,
-    descriptions_model: Annotated[
-        str | None, typer.Option("--descriptions-model", help="Model for the descriptions stage.")
-    ] = None,
-    features_model: Annotated[
-        str | None, typer.Option("--features-model", help="Model for the features stage.")
-    ] = None,
-    mapping_model: Annotated[
-        str | None, typer.Option("--mapping-model", help="Model for the mapping stage.")
-    ] = None,
+    descriptions_model: DescriptionsModelOption = None,
+    features_model: FeaturesModelOption = None,
+    mapping_model: MappingModelOption = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed, as `run` would use it.")] = None,
     cache_mode: Annotated[
         CacheMode | None,
@@ -117,14 +119,12 @@ def reverse(
             "--cache-mode", help="read (default) and write keep entries already there; refresh replaces them."
         ),
     ] = None,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Response cache directory.")] = None,
+    cache_dir: CacheDirOption = None,
     data_dir: DataDirOption = None,
     prompt_dir: PromptDirOption = None,
     roles_file: RolesFileOption = None,
-    context_id: Annotated[
-        str | None, typer.Option("--context-id", help="Situational context file name (without .md).")
-    ] = None,
-    inspiration: Annotated[str | None, typer.Option("--inspiration", help="Inspirations file name.")] = None,
+    context_id: ContextIdOption = None,
+    inspiration: InspirationOption = None,
     json_logs: JsonLogsOption = False,
     verbose: VerboseOption = 0,
     quiet: QuietOption = False,

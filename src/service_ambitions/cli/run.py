@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
@@ -28,6 +28,24 @@ from service_ambitions.cli._common import (
     exits,
     settings_from_flags,
     setup_logging,
+)
+from service_ambitions.cli._options import (
+    AllowPromptLoggingOption,
+    BudgetModeOption,
+    CacheDirOption,
+    CacheMode,
+    ConcurrencyOption,
+    ContextIdOption,
+    DescriptionsModelOption,
+    FeaturesModelOption,
+    InspirationOption,
+    LlmConcurrencyOption,
+    MappingModelOption,
+    ProgressOption,
+    RunBudgetUsdOption,
+    StrictOption,
+    SummaryJsonOption,
+    TraceIdsOption,
 )
 from service_ambitions.cli._summary import render_summary, summary_data, write_summary
 from service_ambitions.context import RunContext, build_context
@@ -51,9 +69,6 @@ from service_ambitions.store.spool import spooled_input
 
 __all__ = ["run"]
 
-CacheMode = Literal["off", "read", "refresh", "write"]
-BudgetMode = Literal["warn", "enforce"]
-
 
 @exits
 def run(
@@ -67,21 +82,11 @@ def run(
     model: Annotated[
         str | None, typer.Option("--model", help="Model for every stage: provider:model, or 'offline'.")
     ] = None,
-    descriptions_model: Annotated[
-        str | None, typer.Option("--descriptions-model", help="Model for the descriptions stage.")
-    ] = None,
-    features_model: Annotated[
-        str | None, typer.Option("--features-model", help="Model for the features stage.")
-    ] = None,
-    mapping_model: Annotated[
-        str | None, typer.Option("--mapping-model", help="Model for the mapping stage.")
-    ] = None,
-    concurrency: Annotated[
-        int | None, typer.Option("--concurrency", help="Services processed at once.")
-    ] = None,
-    llm_concurrency: Annotated[
-        int | None, typer.Option("--llm-concurrency", help="Model calls in flight at once, across the run.")
-    ] = None,
+    descriptions_model: DescriptionsModelOption = None,
+    features_model: FeaturesModelOption = None,
+    mapping_model: MappingModelOption = None,
+    concurrency: ConcurrencyOption = None,
+    llm_concurrency: LlmConcurrencyOption = None,
     rate_limit: Annotated[
         list[str] | None,
         typer.Option(
@@ -105,10 +110,7 @@ def run(
         bool,
         typer.Option("--dry-run", help="Check settings, content and input; print the plan; call nothing."),
     ] = False,
-    strict: Annotated[
-        bool | None,
-        typer.Option("--strict/--lenient", help="Any unknown id, facet violation or gap fails that service."),
-    ] = None,
+    strict: StrictOption = None,
     fail_on_quarantine: Annotated[
         bool | None,
         typer.Option(
@@ -120,32 +122,21 @@ def run(
     cache_mode: Annotated[
         CacheMode | None, typer.Option("--cache-mode", help="off | read (default) | refresh | write.")
     ] = None,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Response cache directory.")] = None,
+    cache_dir: CacheDirOption = None,
     data_dir: DataDirOption = None,
     prompt_dir: PromptDirOption = None,
     roles_file: RolesFileOption = None,
-    context_id: Annotated[
-        str | None, typer.Option("--context-id", help="Situational context file name (without .md).")
-    ] = None,
-    inspiration: Annotated[str | None, typer.Option("--inspiration", help="Inspirations file name.")] = None,
+    context_id: ContextIdOption = None,
+    inspiration: InspirationOption = None,
     estimate: Annotated[
         bool,
         typer.Option(
             "--estimate", help="Print a pre-run cost estimate from input and prompt sizes; call nothing."
         ),
     ] = False,
-    run_budget_usd: Annotated[
-        float | None, typer.Option("--run-budget-usd", help="Spending cap for this run, in USD.")
-    ] = None,
-    budget_mode: Annotated[
-        BudgetMode | None,
-        typer.Option(
-            "--budget-mode", help="warn: log when the budget is passed; enforce: stop admitting, exit 4."
-        ),
-    ] = None,
-    summary_json: Annotated[
-        Path | None, typer.Option("--summary-json", help="Also write the run summary as JSON to this file.")
-    ] = None,
+    run_budget_usd: RunBudgetUsdOption = None,
+    budget_mode: BudgetModeOption = None,
+    summary_json: SummaryJsonOption = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -155,20 +146,10 @@ def run(
             help="Serve Prometheus /metrics on 127.0.0.1:PORT while running.",
         ),
     ] = None,
-    progress: Annotated[
-        bool,
-        typer.Option("--progress/--no-progress", help="Progress bar on stderr (only when it is a terminal)."),
-    ] = True,
-    allow_prompt_logging: Annotated[
-        bool,
-        typer.Option(
-            "--allow-prompt-logging", help="Log prompts and answers at debug level (-vv), redacted."
-        ),
-    ] = False,
+    progress: ProgressOption = True,
+    allow_prompt_logging: AllowPromptLoggingOption = False,
     json_logs: JsonLogsOption = False,
-    trace_ids: Annotated[
-        bool, typer.Option("--trace-ids", help="Add request ids (and provider response ids) to model logs.")
-    ] = False,
+    trace_ids: TraceIdsOption = False,
     inject_failures: Annotated[
         str | None,
         typer.Option(
