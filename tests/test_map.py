@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import shlex
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -162,6 +166,26 @@ def test_map_to_stdout(cli: Cli, isolated: Path) -> None:
     assert refused.stdout == ""
 
 
+def test_map_to_a_pipe_its_reader_closed_stops_quietly(cli: Cli, isolated: Path) -> None:
+    """``map --output-file - | head -1``: the reader going away is not an error of ours."""
+    source = evolutions(cli, isolated)
+    command = " ".join(
+        shlex.quote(part)
+        for part in (
+            sys.executable, "-m", "service_ambitions", "map", "--input-file", str(source),
+            "--model", "offline", "--cache-mode", "off", "--output-file", "-", "--no-progress", "-q",
+        )
+    )  # fmt: skip
+    # Each mapping call takes 0.3 s, so head has read the header and gone before the first record.
+    env = {**os.environ, "SA_OFFLINE__LATENCY_MS": "300"}
+    script = f"{command} 2>map.err | head -1 >first.txt; exit ${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=False)
+    stderr = (isolated / "map.err").read_text(encoding="utf-8")
+    assert done.returncode == 0, stderr
+    assert stderr == ""  # no "Broken pipe", no "Exception ignored ... BrokenPipeError" at exit
+    assert json.loads((isolated / "first.txt").read_text(encoding="utf-8"))["record_type"] == "header"
+
+
 def test_map_resumes_and_refuses_another_source(cli: Cli, isolated: Path) -> None:
     source = evolutions(cli, isolated)
     full = cli("map", "--input-file", str(source), "--model", "offline", "--output-file", "full.jsonl")
@@ -197,6 +221,11 @@ def test_map_with_a_service_file_replaces_the_services(cli: Cli, isolated: Path)
     assert by_id["A"]["service"]["description"] == "Service A for the university community."
     old = {line["service"]["service_id"]: line for line in read_jsonl(source)[1:]}
     assert without_mappings(by_id["B"]) == without_mappings(old["B"])
+    resumed = cli(
+        "map", "--input-file", str(source), "--model", "offline", "--service-file", str(updated), "--resume"
+    )  # fmt: skip
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "0 record(s) were mapped with their service from" in resumed.stderr  # all done before
 
     bad = write_jsonl(isolated / "bad.jsonl", ["{not json"])
     refused = cli("map", "--input-file", str(source), "--model", "offline", "--service-file", str(bad))
@@ -208,7 +237,10 @@ def test_map_flags_and_refusals(cli: Cli, isolated: Path) -> None:
     source = evolutions(cli, isolated)
     both = cli("map", "--input-file", str(source), "--features-file", "other.jsonl", "--model", "offline")
     assert both.exit_code == 2
-    assert "give one of them" in both.stderr
+    assert (
+        "--input-file and --features-file name the same input option; give one of them "
+        f"(got {source} and other.jsonl)"
+    ) in both.stderr
     same = cli("map", "--input-file", str(source), "--output-file", str(source), "--model", "offline")
     assert same.exit_code == 2
     assert "is the same file as --output-file" in same.stderr

@@ -7,6 +7,7 @@ stacks; the HTTP path runs against the local fake OpenAI server, checked with th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -23,6 +24,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.models.wrapper import WrapperModel
 
+from service_ambitions.errors import ModelCallError
 from service_ambitions.llm.gateway import Gateway
 from service_ambitions.llm.limiter import RateLimiter, VirtualClock
 from service_ambitions.llm.ratelimits import (
@@ -378,8 +380,13 @@ def provider_model(model: Model) -> OpenAIChatModel:
     return model
 
 
-async def http_calls(server: FakeOpenAIServer, calls: int = 1, **overrides: Any) -> Gateway:
-    """``calls`` concurrent features calls through a Gateway over real HTTP to ``server``."""
+async def http_calls(
+    server: FakeOpenAIServer, calls: int = 1, *, max_pause: float | None = None, **overrides: Any
+) -> Gateway:
+    """``calls`` concurrent features calls through a Gateway over real HTTP to ``server``.
+
+    ``max_pause`` lifts the model's 429 pause cap above the short transport wait (it is that wait).
+    """
     settings = load_settings(
         None,
         {
@@ -394,6 +401,8 @@ async def http_calls(server: FakeOpenAIServer, calls: int = 1, **overrides: Any)
     )
     gateway = Gateway(settings, system_prompt="S", cache=ResponseCache(Path("cache"), mode="off"))
     model = provider_model(gateway.stage_model("features"))
+    if max_pause is not None:
+        gateway.limits_for(MODEL).max_pause = max_pause
     try:
         with override_allow_model_requests(True):
             async with asyncio.TaskGroup() as group:
@@ -415,7 +424,7 @@ async def http_calls(server: FakeOpenAIServer, calls: int = 1, **overrides: Any)
 @pytest.mark.parametrize(("retry_after", "pause"), [(True, 1.0), (False, DEFAULT_429_PAUSE)])
 async def test_a_429_pauses_the_model_before_its_own_retry(retry_after: bool, pause: float) -> None:
     with FakeOpenAIServer(Behaviour(faults=["429"], retry_after=retry_after)) as server:
-        gateway = await http_calls(server)
+        gateway = await http_calls(server, max_pause=10.0)
     first, second = server.chat_requests()
     assert (first.fault, second.fault) == ("429", "ok")
     assert first.body == second.body  # the same call, retried by the transport
@@ -655,3 +664,51 @@ def test_a_429_without_retry_after_pauses_until_the_reset_or_the_default() -> No
     assert admit_times(limits, clock, 1) == [4.0]
     limits.observe(429, HeaderLimits())
     assert admit_times(limits, clock, 1, before=0.0) == [4.0 + DEFAULT_429_PAUSE]
+
+
+def test_a_429_with_a_very_long_retry_after_pauses_at_most_max_pause() -> None:
+    """A daily quota's retry-after (86400 s) must not stop the model for a day."""
+    clock = VirtualClock()
+    limits = ModelLimits("openai:m", clock=clock)  # default max_pause: 60 s
+    limits.observe(429, HeaderLimits(retry_after=86_400.0))
+    assert admit_times(limits, clock, 1) == [60.0]
+    clock = VirtualClock()
+    short = ModelLimits("openai:m", clock=clock, max_pause=5.0)
+    short.observe(429, HeaderLimits(retry_after=86_400.0))
+    assert admit_times(short, clock, 1) == [5.0]
+    short.observe(429, HeaderLimits(retry_after=2.0))  # a shorter retry-after is kept as it is
+    assert admit_times(short, clock, 1, before=0.0) == [7.0]
+
+
+def test_the_gateway_caps_429_pauses_at_the_transport_max_wait(tmp_path: Path) -> None:
+    clock = VirtualClock()
+    sent: list[float] = []
+
+    async def daily_quota_once(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        sent.append(clock.now())
+        if len(sent) == 1:
+            raise ModelHTTPError.for_category(
+                ModelRateLimitError, status_code=429, model_name="primary", retry_after=86_400.0
+            )
+        return answer(info, "primary")
+
+    gateway = virtual_gateway(
+        tmp_path,
+        clock,
+        {"test:primary": FunctionModel(daily_quota_once, model_name="primary")},
+        model="test:primary",
+        models_rate_limits={"test:primary": {"rpm": 6000}},
+        transport_retries={"max_wait": 7.5},
+    )
+
+    async def main() -> None:
+        for index in range(2):
+            with contextlib.suppress(ModelCallError):
+                await gateway.call(
+                    stage="features", service_id=f"S{index}", user_prompt="p", output_type=Echo
+                )
+
+    clock.run(main())
+    assert gateway.limits_for("test:primary").max_pause == 7.5
+    assert gateway.limits_for("test:primary").throttled_429 == 1
+    assert sent == [0.0, 7.5]  # paused for max_wait, not for a day

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import IO, TYPE_CHECKING, Annotated, cast
 
 import typer
 
@@ -61,6 +62,45 @@ DEFAULT_OUTPUT = Path("mapped.jsonl")
 STDOUT = Path("-")
 
 
+class _StdoutClosed(Exception):
+    """The consumer of the records on stdout closed its end (``map --output-file - | head``)."""
+
+
+class _Stdout:
+    """stdout's binary stream for the records, noting whether its reader closed the pipe.
+
+    The writer turns the ``BrokenPipeError`` into a ``PathError``; this is how ``map`` tells it apart.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.reader_gone = False
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.stream.write(data)
+        except BrokenPipeError:
+            self.reader_gone = True
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self.reader_gone = True
+            raise
+
+
+def _silence_stdout() -> None:
+    """Point stdout's descriptor at devnull, so the flush at interpreter exit cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+
+
 def _check_paths(
     settings: Settings,
     input_file: Path,
@@ -109,8 +149,14 @@ def _drive(
     resume: bool,
     progress: bool,
     json_logs: bool,
+    stdout: _Stdout | None = None,
 ) -> bool:
-    """Run the engine under the output lock, telemetry and progress bar; True when interrupted."""
+    """Run the engine under the output lock, telemetry and progress bar; True when interrupted.
+
+    Raises:
+        _StdoutClosed: The records go to stdout and its reader closed the pipe.
+        PathError: The output cannot be written (naming where the records written before it are).
+    """
     from service_ambitions.observability.telemetry import telemetry  # noqa: PLC0415
     from service_ambitions.store.lock import output_lock  # noqa: PLC0415
 
@@ -125,6 +171,8 @@ def _drive(
         try:
             return asyncio.run(_run_until_signal(engine, input_path, settings, max_services, resume=resume))
         except PathError as exc:
+            if stdout is not None and stdout.reader_gone:
+                raise _StdoutClosed from None
             where = engine.report.written_to if engine.report is not None else None
             if where is None or where == STDOUT:
                 raise
@@ -248,7 +296,10 @@ def map_command(
     redactor = build_redactor()
     setup_logging(verbose=verbose, quiet=quiet, json_logs=json_logs, trace_ids=trace_ids, redactor=redactor)
     if input_file is not None and features_file is not None and input_file != features_file:
-        raise UsageError("--input-file and --features-file name the same input: give one of them")
+        raise UsageError(
+            "--input-file and --features-file name the same input option; give one of them "
+            f"(got {input_file} and {features_file})"
+        )
     source = input_file or features_file or DEFAULT_INPUT
     output = output_file or DEFAULT_OUTPUT
     if resume and output == STDOUT:
@@ -287,23 +338,31 @@ def map_command(
         with spooled_input(source) as input_path:
             if service_id is not None and not contains_service(input_path, service_id):
                 raise InputError(f"service {service_id!r} is not in {source}")
+            stdout = _Stdout(sys.stdout.buffer) if output == STDOUT else None
             engine = RemapEngine(
                 context,
                 debug=debug,
-                stream=sys.stdout.buffer if output == STDOUT else None,
+                # _Stdout has what the records' writer uses of a stream (write, flush).
+                stream=cast("IO[bytes]", stdout) if stdout is not None else None,
                 service_id=service_id,
                 services=services,
                 services_digest=services_digest,
             )
-            interrupted = _drive(
-                engine,
-                input_path,
-                settings,
-                max_services,
-                resume=resume,
-                progress=progress,
-                json_logs=json_logs,
-            )
+            try:
+                interrupted = _drive(
+                    engine,
+                    input_path,
+                    settings,
+                    max_services,
+                    resume=resume,
+                    progress=progress,
+                    json_logs=json_logs,
+                    stdout=stdout,
+                )
+            except _StdoutClosed:
+                # Whoever reads the records stopped reading: not an error of ours. Stop quietly.
+                _silence_stdout()
+                return
         report = engine.report
         if report is None:  # interrupted before the run started: nothing was written
             raise Interrupted("interrupted before any service started")

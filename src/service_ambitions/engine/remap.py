@@ -27,12 +27,14 @@ from service_ambitions.domain.inputs import ServiceInput
 from service_ambitions.domain.output import Header
 from service_ambitions.engine.answers import stage_digests
 from service_ambitions.engine.batch import Batch, Job
-from service_ambitions.engine.engine import ProcessingEngine, run_id_for
+from service_ambitions.engine.engine import ProcessingEngine, RunReport, run_id_for
 from service_ambitions.engine.estimate import estimate_service_cost
+from service_ambitions.engine.pipeline import ServiceResult
 from service_ambitions.engine.source import EvolutionSource, SourceRecord, open_source
 from service_ambitions.errors import InputError
 from service_ambitions.llm._names import is_offline
 from service_ambitions.store.inputs import BadLine, file_digest, read_services
+from service_ambitions.store.quarantine import QuarantineStore
 
 __all__ = ["RemapEngine", "load_services"]
 
@@ -86,7 +88,8 @@ class RemapEngine(ProcessingEngine):
         self.source: EvolutionSource | None = None
         """The file read by the last run (its 1.0 migration notes are there)."""
         self.replaced = 0
-        """Records mapped with their service from ``services`` instead of their own."""
+        """Records mapped in this run with their service from ``services`` instead of their own (not
+        those a resume skipped, nor those that failed)."""
 
     def _batch(self, input_path: Path) -> Batch:
         source = open_source(
@@ -143,12 +146,18 @@ class RemapEngine(ProcessingEngine):
                 continue
             if self.service_id is not None and item.record.service.service_id != self.service_id:
                 continue
-            job, replaced = self._job(item)
-            yield job
-            # Counted once the engine asks for the next item, i.e. when this one was taken.
-            self.replaced += replaced
+            yield self._job(item)
 
-    def _job(self, item: SourceRecord) -> tuple[Job, bool]:
+    async def _service(
+        self, job: Job, quarantine: QuarantineStore, report: RunReport
+    ) -> ServiceResult | None:
+        result = await super()._service(job, quarantine, report)
+        # Counted here, where a record of this run was made (a resume's skipped ones never get here).
+        if result is not None and job.service_id in self.services:
+            self.replaced += 1
+        return result
+
+    def _job(self, item: SourceRecord) -> Job:
         record = item.record
         service = self.services.get(record.service.service_id, record.service)
         recorded = hashlib.sha256(record.model_dump_json().encode("utf-8")).hexdigest()
@@ -158,7 +167,7 @@ class RemapEngine(ProcessingEngine):
             key_parts={"kind": "remap", "record": recorded, "service": service_json(service)},
             work=partial(self.pipeline.remap, record, service),
         )
-        return job, service is not record.service
+        return job
 
     def _job_estimate(self) -> Decimal:
         return estimate_service_cost(self.context, stages={_MAPPING})

@@ -193,6 +193,7 @@ class Gateway:
                 rpm=configured.rpm if configured else None,
                 tpm=configured.tpm if configured else None,
                 clock=self.clock,
+                max_pause=self.settings.transport_retries.max_wait,
             )
         return limits
 

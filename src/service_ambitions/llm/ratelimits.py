@@ -48,6 +48,8 @@ PROBE_WINDOW = 4
 """Requests let through before the provider's first answer says what the limits are."""
 DEFAULT_429_PAUSE = 1.0
 """Pause after a 429 that says nothing about when to come back."""
+DEFAULT_MAX_PAUSE = 60.0
+"""Longest pause a 429 sets (the transport retries' ``max_wait`` by default)."""
 _PROBE_RECHECK = 1.0  # seconds between checks of a closed probe window (an answer wakes it at once)
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -199,6 +201,9 @@ class ModelLimits:
         rpm: Configured requests per minute (a hard cap), or None.
         tpm: Configured tokens per minute (a hard cap), or None.
         clock: Time source (tests inject a virtual one).
+        max_pause: Longest pause a 429 sets, whatever its ``retry-after`` says (a daily quota's
+            86400 s must not stop the model for a day): longer waits are the transport's and the
+            fallback's business.
     """
 
     def __init__(
@@ -209,8 +214,10 @@ class ModelLimits:
         rpm: int | None = None,
         tpm: int | None = None,
         clock: Clock | None = None,
+        max_pause: float = DEFAULT_MAX_PAUSE,
     ) -> None:
         self.model_id = model_id
+        self.max_pause = max_pause
         self.mode: LimitMode = mode
         self.cap_rpm = rpm if mode != "off" else None
         self.cap_tpm = tpm if mode != "off" else None
@@ -286,9 +293,12 @@ class ModelLimits:
         return wake - now
 
     def pause(self, seconds: float) -> None:
-        """Admit nothing for ``seconds`` (a 429 or a provider's retry-after); nothing in ``off`` mode."""
+        """Admit nothing for ``seconds`` (a 429 or a provider's retry-after), at most ``max_pause``.
+
+        Nothing in ``off`` mode.
+        """
         if self.mode != "off":
-            self.limiter.pause(seconds)
+            self.limiter.pause(min(seconds, self.max_pause))
 
     def expect_no_headers(self) -> None:
         """The model sends no rate-limit headers (not over HTTP): nothing to probe for."""
