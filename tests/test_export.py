@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -299,3 +303,66 @@ def test_export_errors(evolutions: Path, cli: Cli, isolated: Path) -> None:
     assert same.exit_code == 2
     assert "same file" in same.stderr
     assert json.loads(evolutions.read_text(encoding="utf-8").splitlines()[0])["record_type"] == "header"
+
+
+def copies(source: Path, count: int, target: Path) -> Path:
+    """An evolutions file with ``count`` records: those of ``source`` repeated, each under its own id."""
+    header, *records = read_jsonl(source)
+    copies = []
+    for number in range(count):
+        record = json.loads(json.dumps(records[number % len(records)]))
+        record["service"]["service_id"] = f"{record['service']['service_id']}-{number}"
+        copies.append(record)
+    write_jsonl(target, [header, *copies])
+    return target
+
+
+def terminate_when(command: list[str], started: Callable[[], bool]) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a real process, send SIGTERM once ``started()`` holds, and wait for it to end."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service_ambitions", *command], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not started() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "the command ended before it could be interrupted"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, "", stderr)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "xlsx"])
+def test_sigterm_leaves_nothing_behind(evolutions: Path, isolated: Path, fmt: str) -> None:
+    big = copies(evolutions, 300, isolated / "big.jsonl")
+    parent = isolated / "new"
+    if fmt == "csv":
+        target = parent / "tables"
+        pattern = ".features.csv.*.tmp"
+    else:
+        target = parent / "x.xlsx"
+        pattern = ".x.xlsx.*.tmp/tmp*"  # XlsxWriter's own temporary files, inside the staging directory
+
+    def writing() -> bool:
+        return any(target.parent.glob(pattern)) or any(target.glob(pattern))
+
+    command = ["export", "--input-file", str(big), "--format", fmt, "--output", str(target)]
+    result = terminate_when(command, writing)
+    assert result.returncode == 130, result.stderr
+    assert "nothing was changed" in result.stderr
+    assert sorted(path.name for path in isolated.iterdir()) == ["big.jsonl"]  # the new directories too
+
+
+def test_quiet_and_failures_into_a_new_dir(evolutions: Path, cli: Cli, isolated: Path) -> None:
+    for fmt, target in (("csv", isolated / "q"), ("xlsx", isolated / "q.xlsx")):
+        quiet = cli("export", "-q", "--input-file", str(evolutions), "--format", fmt, "--output", str(target))
+        assert quiet.exit_code == 0
+        assert (quiet.stdout, quiet.stderr) == ("", "")
+        assert target.exists()
+
+    broken = isolated / "broken.jsonl"
+    broken.write_text(evolutions.read_text(encoding="utf-8") + "{not json}\n", encoding="utf-8")
+    for fmt, target in (("csv", isolated / "new" / "tables"), ("xlsx", isolated / "new" / "deep" / "x.xlsx")):
+        failed = cli("export", "--input-file", str(broken), "--format", fmt, "--output", str(target))
+        assert failed.exit_code == 3
+        assert "broken.jsonl:5" in failed.stderr
+        assert not (isolated / "new").exists()

@@ -11,6 +11,10 @@ import base64
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -475,3 +479,65 @@ def test_labels_come_from_the_records_when_the_catalogues_differ(
     index = (isolated / "c" / "index.html").read_text(encoding="utf-8")
     assert "the catalogues differ from the run&#39;s" in index  # escaped
     assert "Greenfield" not in index
+
+
+def copies(source: Path, count: int, target: Path) -> Path:
+    """An evolutions file with ``count`` records: those of ``source`` repeated, each under its own id."""
+    header, *lines = source.read_text(encoding="utf-8").splitlines()
+    out = [header]
+    for number in range(count):
+        record = json.loads(lines[number % len(lines)])
+        record["service"]["service_id"] = f"{record['service']['service_id']}-{number}"
+        out.append(json.dumps(record))
+    target.write_text("\n".join(out) + "\n", encoding="utf-8")
+    return target
+
+
+def terminate_when(command: list[str], started: Callable[[], bool]) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a real process, send SIGTERM once ``started()`` holds, and wait for it to end."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service_ambitions", *command], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not started() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "the command ended before it could be interrupted"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, "", stderr)
+
+
+def test_sigterm_leaves_nothing_behind(sample: Sample, isolated: Path) -> None:
+    big = copies(sample.output, 300, isolated / "big.jsonl")
+    site = isolated / "new" / "site"
+
+    def staged_a_page() -> bool:
+        return any(site.glob(".sa-report-staging-*/services/*.html"))
+
+    result = terminate_when(["report", "--input-file", str(big), "--output-dir", str(site)], staged_a_page)
+    assert result.returncode == 130, result.stderr
+    assert "nothing was changed" in result.stderr
+    assert sorted(path.name for path in isolated.iterdir()) == ["big.jsonl"]  # new/ and new/site/ removed too
+
+    # a previous report stays as it was, and no staging directory is left for the next report to clean
+    small = subset(sample.output, 2, isolated / "two.jsonl")
+    _invoke("report", "--input-file", str(small), "--output-dir", str(site))
+    before = {path: path.read_bytes() for path in site.rglob("*") if path.is_file()}
+    again = terminate_when(["report", "--input-file", str(big), "--output-dir", str(site)], staged_a_page)
+    assert again.returncode == 130, again.stderr
+    assert {path: path.read_bytes() for path in site.rglob("*") if path.is_file()} == before
+
+
+def test_quiet_and_failures_into_a_new_dir(sample: Sample, cli: Cli, isolated: Path) -> None:
+    output = subset(sample.output, 1, isolated / "one.jsonl")
+    quiet = cli("report", "-q", "--input-file", str(output), "--output-dir", str(isolated / "q"))
+    assert quiet.exit_code == 0
+    assert (quiet.stdout, quiet.stderr) == ("", "")
+    assert (isolated / "q" / "index.html").is_file()
+
+    torn = isolated / "torn.jsonl"
+    torn.write_text(output.read_text(encoding="utf-8") + "{not json}\n", encoding="utf-8")
+    failed = cli("report", "--input-file", str(torn), "--output-dir", str(isolated / "new" / "site"))
+    assert failed.exit_code == 3
+    assert "torn.jsonl:3" in failed.stderr
+    assert not (isolated / "new").exists()

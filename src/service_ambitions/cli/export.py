@@ -50,7 +50,8 @@ def export(
     column per facet. `plateaus`: the plateau descriptions of each service. CSV is UTF-8 (RFC 4180), one
     file per table in the --output directory (other files there are left alone); XLSX is one workbook,
     a sheet per table with the header row frozen and an autofilter, continued on `<table>_2` past
-    Excel's 1,048,576 rows. The file is streamed; files are replaced only when the export succeeds.
+    Excel's 1,048,576 rows. The file is streamed; files are replaced only when the export succeeds (a
+    directory the export created is removed again when it fails; SIGTERM is handled like Ctrl-C, exit 130).
     Exit 3 for a missing or invalid input, 2 for an unusable output path.
 
     Examples:
@@ -74,8 +75,13 @@ def export(
     else:
         check_writable_file("--output", output_file)
         check_distinct({"--input-file": input_file, "--output": output_file})
-    from service_ambitions.report.export import export_tables  # noqa: PLC0415  (keeps --help fast)
+    from service_ambitions.report._guard import all_or_nothing  # noqa: PLC0415  (keeps --help fast)
+    from service_ambitions.report.export import export_tables  # noqa: PLC0415
 
-    result = export_tables(input_file, output_file, fmt=fmt, bom=bom)
+    directory = output_file if fmt == "csv" else output_file.absolute().parent
+    with all_or_nothing(directory, "the export"):
+        result = export_tables(input_file, output_file, fmt=fmt, bom=bom)
+    if quiet:
+        return
     counts = ", ".join(f"{count} {table}" for table, count in result.rows.items())
     err(f"export: {counts} row(s) into {', '.join(str(path) for path in result.files)}")

@@ -51,7 +51,8 @@ def report(
     plateau and role by role, with the catalogue items each feature needs. The file is streamed. Facet
     and option labels come from the catalogues in --data-dir (default: the bundled ones) when their hash
     matches the run's. A non-empty --output-dir that holds no report is refused unless --force; nothing
-    changes on disk unless the whole file reads. Exit 3 for a missing or invalid input, 2 for an
+    changes on disk unless the whole file reads (a directory the report created is removed again when it
+    fails; SIGTERM is handled like Ctrl-C, exit 130). Exit 3 for a missing or invalid input, 2 for an
     unusable output directory.
 
     Examples:
@@ -66,8 +67,12 @@ def report(
         check_readable_file("--summary-json", summary_json, error=InputError)
     check_distinct({"--input-file": input_file, "--output-dir": output_dir, "--summary-json": summary_json})
     check_writable_dir("--output-dir", output_dir)
-    from service_ambitions.report.site import build_site  # noqa: PLC0415  (keeps --help fast)
+    from service_ambitions.report._guard import all_or_nothing  # noqa: PLC0415  (keeps --help fast)
+    from service_ambitions.report.site import build_site  # noqa: PLC0415
 
-    result = build_site(input_file, output_dir, summary_json=summary_json, data_dir=data_dir, force=force)
+    with all_or_nothing(output_dir, "the report"):
+        result = build_site(input_file, output_dir, summary_json=summary_json, data_dir=data_dir, force=force)
+    if quiet:
+        return
     quarantined = f", {result.quarantine_entries} quarantine entries" if result.quarantine_entries else ""
     err(f"report: {result.services} service page(s){quarantined}; open {result.index}")

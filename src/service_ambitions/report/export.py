@@ -16,6 +16,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -91,10 +92,9 @@ def csv_text(value: Any) -> str:
     return _json(value)
 
 
-def _temporary_beside(path: Path) -> tuple[Path, int]:
-    """A new file next to ``path`` with the usual permissions (umask), for an atomic replace."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    return temporary, os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+def _temporary_beside(path: Path) -> Path:
+    """A new hidden name next to ``path``, for an atomic replace."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
 
 
 class _CsvSink:
@@ -111,8 +111,9 @@ class _CsvSink:
         self._finish()
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / f"{name}.csv"
-        temporary, fd = _temporary_beside(final)
-        self.done.append((temporary, final))
+        temporary = _temporary_beside(final)
+        self.done.append((temporary, final))  # before it exists: an interrupt between the two leaves nothing
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the usual permissions (umask)
         self._handle = os.fdopen(fd, "w", encoding=self.encoding, newline="")
         self._writer = csv.writer(self._handle)  # RFC 4180: CRLF, quotes where needed
         self._writer.writerow(columns)
@@ -146,12 +147,19 @@ class _XlsxSink:
 
         self.path = path
         self.sheet_rows = sheet_rows
+        self.staging: Path | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.temporary, fd = _temporary_beside(path)
-        os.close(fd)
-        self.workbook: Any = xlsxwriter.Workbook(
-            str(self.temporary), {"constant_memory": True, "tmpdir": str(path.parent.absolute())}
-        )
+        # one staging directory beside the workbook holds it while it is written and XlsxWriter's own
+        # temporary files (its tmpdir), so removing that directory removes every trace of the export
+        self.staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        self.temporary = self.staging / path.name
+        try:
+            self.workbook: Any = xlsxwriter.Workbook(
+                str(self.temporary), {"constant_memory": True, "tmpdir": str(self.staging.absolute())}
+            )
+        except BaseException:  # the caller has no sink to discard yet
+            self._remove_staging()
+            raise
         # no wall-clock time in the file: the same input gives the same bytes (like the zip entries' dates)
         self.workbook.set_properties({"created": datetime(1980, 1, 1), "title": "service-ambitions export"})
         self.bold = self.workbook.add_format({"bold": True, "bg_color": "#F2F2F2", "bottom": 1})
@@ -210,13 +218,19 @@ class _XlsxSink:
         self._finish()
         self.workbook.close()
         os.replace(self.temporary, self.path)
+        self._remove_staging()
         return [self.path]
 
+    def _remove_staging(self) -> None:
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
     def discard(self) -> None:
-        with contextlib.suppress(Exception):  # XlsxWriter may fail again on a half-written workbook
-            self.workbook.close()
-        with contextlib.suppress(OSError):
-            self.temporary.unlink()
+        try:
+            with contextlib.suppress(Exception):  # XlsxWriter may fail again on a half-written workbook
+                self.workbook.close()  # also closes its temporary files
+        finally:
+            self._remove_staging()
 
 
 @dataclass
