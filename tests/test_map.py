@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from service_ambitions.content.loader import default_data_dir
 from service_ambitions.context import build_context
 from service_ambitions.engine.remap import RemapEngine
@@ -298,3 +300,18 @@ def test_strict_map_failure_quarantines_one_service(cli: Cli, isolated: Path) ->
     assert len(failed) == 1
     assert failed[0].kind == QuarantineKind.UNKNOWN_IDS
     assert {entry.service_id for entry in entries} == {"B"}
+
+
+def test_map_needs_keys_only_for_the_models_it_calls(
+    cli: Cli, isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = evolutions(cli, isolated)
+    # The other stages name a real provider without a key: map never calls them, so it need not ask.
+    monkeypatch.setenv("SA_MODELS__DESCRIPTIONS", "anthropic:claude-sonnet-4-5")
+    monkeypatch.setenv("SA_MODELS__FEATURES", "anthropic:claude-sonnet-4-5")
+    result = cli("map", "--input-file", str(source), "--mapping-model", "offline")
+    assert result.exit_code == 0, result.stderr
+    monkeypatch.setenv("SA_MODELS__MAPPING", "anthropic:claude-sonnet-4-5")
+    refused = cli("map", "--input-file", str(source), "--output-file", "m2.jsonl")
+    assert refused.exit_code == 2
+    assert "ANTHROPIC_API_KEY" in refused.stderr

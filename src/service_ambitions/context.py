@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -77,7 +77,11 @@ def build_content(settings: Settings) -> Content:
 
 
 def build_context(
-    settings: Settings, *, models: Mapping[str, Model] | None = None, redactor: Redactor | None = None
+    settings: Settings,
+    *,
+    models: Mapping[str, Model] | None = None,
+    redactor: Redactor | None = None,
+    keys_for: Iterable[str] | None = None,
 ) -> RunContext:
     """Validate keys, load content, open the cache and build the gateway.
 
@@ -85,13 +89,16 @@ def build_context(
         settings: The run's settings.
         models: Ready-made models by id (tests inject scripted fakes here); others are resolved.
         redactor: The secret redactor (built from the environment when omitted).
+        keys_for: The models the command will call, whose provider keys must be set: every model
+            of the run by default; ``map`` calls only the mapping stage's, ``reverse`` none.
 
     Raises:
         UsageError: Missing provider key, bad model id, or unloadable content (before any model call).
     """
     redactor = redactor or Redactor.from_environment(os.environ)
     given = dict(models or {})
-    check_provider_keys(settings, [model for model in settings.all_model_ids() if model not in given])
+    called = settings.all_model_ids() if keys_for is None else keys_for
+    check_provider_keys(settings, [model for model in called if model not in given])
     content = build_content(settings)
     cache = ResponseCache(
         settings.cache_dir,

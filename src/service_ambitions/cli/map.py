@@ -333,7 +333,11 @@ def map_command(
     services, services_digest = (
         load_services(service_file, redact=redactor.redact_obj) if service_file is not None else ({}, None)
     )
-    context = build_context(settings, redactor=redactor)
+    mapping = settings.stage_model("mapping")
+    # map calls only the mapping stage: keys for the descriptions and features models are not needed.
+    context = build_context(
+        settings, redactor=redactor, keys_for=[mapping, *settings.fallbacks_for("mapping", mapping)]
+    )
     try:
         with spooled_input(source) as input_path:
             if service_id is not None and not contains_service(input_path, service_id):

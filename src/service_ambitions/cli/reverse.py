@@ -33,40 +33,11 @@ from service_ambitions.cli._options import (
 from service_ambitions.errors import InputError
 
 if TYPE_CHECKING:
-    from service_ambitions.context import RunContext
     from service_ambitions.engine.reverse import ReverseReport
-    from service_ambitions.observability.redaction import Redactor
-    from service_ambitions.settings import Settings
 
 __all__ = ["reverse"]
 
 _LISTED = 10  # service ids named per reason
-
-
-def _context(settings: Settings, redactor: Redactor) -> RunContext:
-    """The run's context without the provider-key check: reverse computes cache keys, it calls no model."""
-    from service_ambitions import __version__  # noqa: PLC0415
-    from service_ambitions.context import RunContext, build_content, git_sha  # noqa: PLC0415
-    from service_ambitions.llm.gateway import Gateway  # noqa: PLC0415
-    from service_ambitions.store.cache import ResponseCache  # noqa: PLC0415
-
-    content = build_content(settings)
-    cache = ResponseCache(
-        settings.cache_dir,
-        mode=settings.cache_mode,
-        max_bytes=settings.cache_max_bytes,
-        ttl_seconds=settings.cache_ttl,
-    )
-    gateway = Gateway(settings, system_prompt=content.system_prompt, cache=cache)
-    return RunContext(
-        settings=settings,
-        content=content,
-        cache=cache,
-        gateway=gateway,
-        tool_version=__version__,
-        git_sha=git_sha(),
-        redactor=redactor,
-    )
 
 
 def _summary(report: ReverseReport, source: Path, output: Path) -> list[str]:
@@ -172,7 +143,10 @@ def reverse(
     _paths.check_writable_file("--output-file", output_file)
     if settings.cache_mode != "off":
         _paths.check_writable_dir("--cache-dir", settings.cache_dir)
-    context = _context(settings, redactor)
+    from service_ambitions.context import build_context  # noqa: PLC0415
+
+    # reverse computes cache keys and calls no model: no provider key is needed.
+    context = build_context(settings, redactor=redactor, keys_for=())
     try:
         with output_lock(output_file, command="reverse"):
             report = reverse_file(context, input_file, output_file)
