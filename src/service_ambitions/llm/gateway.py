@@ -477,10 +477,6 @@ class Gateway:
         if (response.model_id or model_id) != model_id:
             self.stats.fallbacks += 1  # a fallback model answered
 
-    def estimate_tokens(self, user_prompt: str) -> int:
-        """Tokens a request may use, before sending it: prompt characters / 4 plus the output allowance."""
-        return (len(self.system_prompt) + len(user_prompt)) // 4 + (self.settings.max_tokens or 2048)
-
     async def _call_model(
         self,
         stage: str,
@@ -515,12 +511,8 @@ class Gateway:
         except (ModelAPIError, UnexpectedModelBehavior, FallbackExceptionGroup) as exc:
             self.stats.failures += 1
             failures = list(exc.exceptions) if isinstance(exc, FallbackExceptionGroup) else [exc]
-            limits = self._limits.get(model_id)
-            for failure in failures:
-                # A 429 raised above HTTP (no transport of ours saw it) pauses the model here.
-                retry_after = getattr(failure, "retry_after", None)
-                if limits is not None and retry_after and not over_our_transport(model_id):
-                    limits.pause(float(retry_after))
+            # 429s have already paused their own model: in RateLimitedTransport for HTTP models, in
+            # RateLimitedModel for the others (the only ones with limits to pause).
             described = [describe_failure(failure) for failure in failures]
             timed_out = all(failure.timed_out for failure in described)
             # Systemic (stop the run early) only when every model tried failed that way: a fallback
