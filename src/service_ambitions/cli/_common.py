@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
@@ -227,24 +227,38 @@ def exits(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def check_run_paths(settings: Settings, summary_json: Path | None) -> None:
+def check_run_paths(
+    settings: Settings,
+    summary_json: Path | None,
+    *,
+    inputs: Mapping[str, Path | None] | None = None,
+    output_to_stdout: bool = False,
+) -> None:
     """Refuse, before anything is opened for writing, paths that would lose data or cannot work.
 
+    Args:
+        settings: Gives the output file, the cache directory and mode.
+        summary_json: The ``--summary-json`` file, if any.
+        inputs: The files the command reads, by option (default: ``--input-file``); ``-`` is stdin.
+        output_to_stdout: ``--output-file -`` writes to stdout (``map``): no output file to check.
+
     Raises:
-        PathError: The output or summary is the input (or each other), or a path cannot be written.
+        PathError: The output or summary is one of the inputs (or each other), or a path cannot be written.
     """
     from service_ambitions.cli import _paths  # noqa: PLC0415
     from service_ambitions.store.quarantine import quarantine_dir_for  # noqa: PLC0415
     from service_ambitions.store.spool import STDIN  # noqa: PLC0415
 
-    named: dict[str, Path] = {"--output-file": settings.output_file}
-    if settings.input_file != STDIN:
-        named["--input-file"] = settings.input_file
-    if summary_json is not None:
-        named["--summary-json"] = summary_json
+    output = settings.output_file
+    writes_file = not (output_to_stdout and output == Path("-"))
+    named: dict[str, Path | None] = {"--output-file": output if writes_file else None}
+    for option, path in (inputs if inputs is not None else {"--input-file": settings.input_file}).items():
+        named[option] = None if path == STDIN else path
+    named["--summary-json"] = summary_json
     _paths.check_distinct(named)
-    _paths.check_writable_file("--output-file", settings.output_file)
-    _paths.check_writable_dir("quarantine", quarantine_dir_for(settings.output_file))
+    if writes_file:
+        _paths.check_writable_file("--output-file", output)
+    _paths.check_writable_dir("quarantine", quarantine_dir_for(output))
     if summary_json is not None:
         _paths.check_writable_file("--summary-json", summary_json)
     if settings.cache_mode != "off":

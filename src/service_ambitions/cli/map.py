@@ -21,6 +21,7 @@ from service_ambitions.cli._common import (
     RolesFileOption,
     VerboseOption,
     build_redactor,
+    check_run_paths,
     err,
     exits,
     settings_from_flags,
@@ -116,28 +117,18 @@ def _check_paths(
         PathError: The output is one of the inputs, or an output location cannot be written.
     """
     from service_ambitions.cli import _paths  # noqa: PLC0415
-    from service_ambitions.store.quarantine import quarantine_dir_for  # noqa: PLC0415
     from service_ambitions.store.spool import STDIN  # noqa: PLC0415
 
-    output = settings.output_file
     if input_file != STDIN:
         _paths.check_readable_file(input_flag, input_file, error=InputError)
     if service_file is not None:
         _paths.check_readable_file("--service-file", service_file, error=InputError)
-    named: dict[str, Path | None] = {
-        "--output-file": None if output == STDOUT else output,
-        input_flag: None if input_file == STDIN else input_file,
-        "--service-file": service_file,
-        "--summary-json": summary_json,
-    }
-    _paths.check_distinct(named)
-    if output != STDOUT:
-        _paths.check_writable_file("--output-file", output)
-    _paths.check_writable_dir("quarantine", quarantine_dir_for(output))
-    if summary_json is not None:
-        _paths.check_writable_file("--summary-json", summary_json)
-    if settings.cache_mode != "off":
-        _paths.check_writable_dir("--cache-dir", settings.cache_dir)
+    check_run_paths(
+        settings,
+        summary_json,
+        inputs={input_flag: input_file, "--service-file": service_file},
+        output_to_stdout=True,
+    )
 
 
 def _drive(
