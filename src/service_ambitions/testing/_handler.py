@@ -1,4 +1,8 @@
-"""The request handler of the fake OpenAI server: routing, faults, rate-limit headers."""
+"""The request handler of the fake OpenAI server: routing, faults, rate-limit headers.
+
+The Files and Batches endpoints are answered by ``_batches``; :func:`answer_body` is the answer a
+model request gets (live or as a batch request).
+"""
 
 from __future__ import annotations
 
@@ -24,12 +28,42 @@ from service_ambitions.testing._protocol import (
 if TYPE_CHECKING:
     from service_ambitions.testing.openai_server import FakeOpenAIServer
 
-__all__ = ["RUNAWAY", "RUNAWAY_CHARS", "Handler", "Server"]
+__all__ = ["RUNAWAY", "RUNAWAY_CHARS", "Handler", "Server", "answer_body"]
 
 RUNAWAY = "and the service improves further, "
 """What a ``runaway`` answer repeats."""
 RUNAWAY_CHARS = 40_000
 """Length of a ``runaway`` answer when no cap stops it (~10,000 tokens)."""
+
+
+def answer_body(fake: FakeOpenAIServer, query: Query, number: int, fault: str) -> tuple[int, Any]:
+    """The status and body an admitted model request gets, for the faults that answer with one.
+
+    ``quota`` and HTTP statuses get OpenAI's error body; ``truncated`` and ``runaway`` a cut or endless
+    answer; anything else (``ok``) the offline model's answer.
+    """
+    behaviour = fake.behaviour
+    if fault == "quota" or fault.isdigit():
+        status = 429 if fault == "quota" else int(fault)
+        return status, error_body(status, QUOTA_ERROR if fault == "quota" else None)
+    if behaviour.llama and query.format_type == "json_schema":
+        message = "JSON schema conversion failed: response_format type json_schema is not supported"
+        error = {"code": behaviour.llama_status, "message": message, "type": "invalid_request_error"}
+        return behaviour.llama_status, {"error": error}
+    tool = query.tool(behaviour.llama)
+    text = fake.answer(query, tool)
+    truncated = fault == "truncated"
+    cap = query.cap(behaviour.llama) * CHARS_PER_TOKEN
+    if fault == "runaway":  # a small model repeating itself: invalid JSON, far past any sane length
+        text = text[: len(text) // 3] + RUNAWAY * (RUNAWAY_CHARS // len(RUNAWAY))
+    if truncated:
+        text = text[: len(text) // 2]
+    elif (fault == "runaway" or behaviour.llama) and cap and len(text) > cap:
+        text, truncated = text[:cap], True  # cut at the cap the server reads
+    elif tool is None and behaviour.llama and query.tools:
+        text = f"```json\n{text}\n```"
+    cached = fake.cached_tokens(query.prompt)
+    return 200, render(query, number, tool, text, truncated=truncated, cached=cached)
 
 
 class Server(ThreadingHTTPServer):
@@ -70,10 +104,16 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the request log is ``FakeOpenAIServer.requests``."""
 
-    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        payload: Any,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
-        self.send_header("content-type", "application/json")
+        self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(data)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
@@ -85,6 +125,8 @@ class Handler(BaseHTTPRequestHandler):
         self.fake.record(self.command, self.path, body, headers, fault)
 
     def do_GET(self) -> None:
+        if self._batches():
+            return
         self._record(None)
         if self.path.rstrip("/") == "/v1/models":
             model = {"id": "gpt-5-mini", "object": "model", "created": 0, "owned_by": "fake-openai"}
@@ -94,6 +136,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+        if self._batches(raw):
+            return
         try:
             body = json.loads(raw or b"{}")
         except json.JSONDecodeError:
@@ -107,6 +151,23 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, error_body(404, (f"Unknown path {self.path}.", "invalid_request_error", None)))
             return
         self._answer(Query.parse(self.path, body), body)
+
+    def do_DELETE(self) -> None:
+        if not self._batches():
+            self._record(None)
+            self._send(404, error_body(404, (f"Unknown path {self.path}.", "invalid_request_error", None)))
+
+    def _batches(self, raw: bytes = b"") -> bool:
+        """Answer a Files or Batches API request; ``False`` when the path is neither."""
+        content_type = self.headers.get("content-type") or ""
+        reply = self.fake.batch_api.handle(self.command, self.path, content_type, raw)
+        if reply is None:
+            return False
+        self._record(reply.logged)
+        if reply.hold:
+            self.fake.closing.wait(reply.hold)
+        self._send(reply.status, reply.payload, content_type=reply.content_type)
+        return True
 
     def _answer(self, query: Query, body: dict[str, Any]) -> None:
         fake, behaviour = self.fake, self.fake.behaviour
@@ -137,25 +198,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, b'{"id": "chatcmpl-garbage", "choices": [{"index": 0, "mess', headers)
         elif fault == "quota" or fault.isdigit():
             self._fail(429 if fault == "quota" else int(fault), fault, headers)
-        elif behaviour.llama and query.format_type == "json_schema":
-            message = "JSON schema conversion failed: response_format type json_schema is not supported"
-            error = {"code": behaviour.llama_status, "message": message, "type": "invalid_request_error"}
-            self._send(behaviour.llama_status, {"error": error}, headers)
         else:
-            tool = query.tool(behaviour.llama)
-            text = fake.answer(query, tool)
-            truncated = fault == "truncated"
-            cap = query.cap(behaviour.llama) * CHARS_PER_TOKEN
-            if fault == "runaway":  # a small model repeating itself: invalid JSON, far past any sane length
-                text = text[: len(text) // 3] + RUNAWAY * (RUNAWAY_CHARS // len(RUNAWAY))
-            if truncated:
-                text = text[: len(text) // 2]
-            elif (fault == "runaway" or behaviour.llama) and cap and len(text) > cap:
-                text, truncated = text[:cap], True  # cut at the cap the server reads
-            elif tool is None and behaviour.llama and query.tools:
-                text = f"```json\n{text}\n```"
-            cached = fake.cached_tokens(query.prompt)
-            self._send(200, render(query, number, tool, text, truncated=truncated, cached=cached), headers)
+            self._send(*answer_body(fake, query, number, fault), headers)
 
     def _fail(self, status: int, fault: str, headers: dict[str, str]) -> None:
         if status == 429:

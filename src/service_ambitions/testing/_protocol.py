@@ -148,10 +148,15 @@ class Query:
         return None if llama else self.tools[0]
 
 
+_RETRY_FEEDBACK = "<pyai:retry_feedback>"
+
+
 def offline_answer(model: Model, query: Query, tool: str | None) -> str:
     """The offline model's answer: the output tool's JSON arguments, or JSON text."""
     parts: list[Any] = [SystemPromptPart(text) for text in query.system]
-    parts += [UserPromptPart(text) for text in query.user]
+    # A re-ask repeats the task, then adds feedback on the rejected answer: like a model, the fake
+    # answers the task again (the feedback alone names no task the offline model knows).
+    parts += [UserPromptPart(text) for text in query.user if _RETRY_FEEDBACK not in text]
     parameters = ModelRequestParameters(
         output_mode="tool" if tool else "text",
         output_tools=[ToolDefinition(name=tool, kind="output")] if tool else [],
