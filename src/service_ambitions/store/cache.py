@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import json
 import logging
 import os
 import shutil
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from service_ambitions.errors import UsageError
+from service_ambitions.store import _json
 from service_ambitions.store._atomic import TEMP_SUFFIX, atomic_write_bytes
 
 __all__ = [
@@ -77,13 +77,9 @@ CREATE INDEX IF NOT EXISTS entries_accessed ON entries(accessed);
 
 def cache_key(parts: dict[str, Any]) -> str:
     """SHA-256 over the canonical JSON of everything that changes an answer."""
-    canonical = json.dumps(
-        {"cache_format": CACHE_FORMAT_VERSION, **parts},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # Compact, sorted, UTF-8: the bytes (and so every key) are those of json.dumps (store/_json.py).
+    canonical = _json.dumps({"cache_format": CACHE_FORMAT_VERSION, **parts}, sort_keys=True)
+    return hashlib.sha256(canonical).hexdigest()
 
 
 @dataclass
@@ -407,7 +403,7 @@ class ResponseCache:
         payload = None
         if data is not None and hashlib.sha256(data).hexdigest() == expected:
             with contextlib.suppress(ValueError):
-                payload = json.loads(data)
+                payload = _json.loads(data)
         if not isinstance(payload, dict):
             self._remove(key)
             self.stats.corrupt += 1
@@ -433,7 +429,7 @@ class ResponseCache:
             log.warning("cache: %s is a directory, not a payload file; not caching this answer", path)
             return
         # Key order is kept: records are written back byte for byte as they were produced.
-        data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        data = _json.dumps(payload)
         atomic_write_bytes(path, data, durable=False)
         now = self.clock()
         previous = self.db.execute("SELECT size FROM entries WHERE key = ?", (key,)).fetchone()

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from service_ambitions.domain.output import Header, ServiceEvolution
 from service_ambitions.errors import InputError
+from service_ambitions.store import _json
 
 __all__ = ["EvolutionFile", "read_evolutions"]
 
@@ -47,7 +48,7 @@ def iter_evolutions(path: Path) -> Iterator[Header | ServiceEvolution]:
             if not raw.endswith(b"\n"):
                 raise _fail(path, number, "the last line is incomplete (no newline): torn write?")
             try:
-                data = json.loads(raw)
+                data = _json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise _fail(path, number, f"invalid JSON: {exc}") from None
             if number == 1 and _is_schema_1_0(data):

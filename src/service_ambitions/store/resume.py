@@ -12,7 +12,9 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from service_ambitions.domain.output import Header
+from service_ambitions.domain.shard import Shard
 from service_ambitions.errors import ResumeRefused
+from service_ambitions.store import _json
 from service_ambitions.store.quarantine import QuarantineStore
 
 __all__ = ["ResumeState", "broken_path_for", "prepare_resume", "repair_torn_tail"]
@@ -149,13 +151,20 @@ def _checked_header(path: Path, first: bytes, expected: Header) -> Header:
         changes.append(f"tool major version changed ({header.tool_version} -> {expected.tool_version})")
     if header.mapping_sets != expected.mapping_sets or header.catalogue_hash != expected.catalogue_hash:
         changes.append("catalogues changed")
+    if header.shard != expected.shard:
+        changes.append(f"the shard changed ({_shard_name(header.shard)} -> {_shard_name(expected.shard)})")
     if changes:
         raise ResumeRefused(f"cannot resume {path}: " + "; ".join(changes))
     return header
 
 
+def _shard_name(shard: Shard | None) -> str:
+    return f"shard {shard}" if shard is not None else "unsharded"
+
+
 def _loads(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        # Only ids and the schema version are read: strings, so orjson's values need no check.
+        return _json.loads(raw, exact=False)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
