@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := $(UV) run --frozen
 OUT ?= out
 
-.PHONY: help uv install browser sample test lint format typecheck bench bench-check check clean sbom licenses dist provenance audit
+.PHONY: help uv install browser sample test lint format typecheck bench bench-check bench-shards check clean sbom licenses dist provenance audit docs
 
 help:  ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,7 @@ lint: install  ## ruff lint + format check, log wording lint
 	$(RUN) ruff check src tests scripts
 	$(RUN) ruff format --check src tests scripts
 	$(RUN) python scripts/log_lint.py src
+	$(RUN) lint-imports --no-cache
 
 format: install  ## Apply ruff formatting and safe fixes
 	$(RUN) ruff format src tests scripts
@@ -53,12 +54,18 @@ format: install  ## Apply ruff formatting and safe fixes
 typecheck: install  ## mypy --strict over src, tests and scripts
 	$(RUN) mypy
 
+docs: install  ## Regenerate docs/cli.md and the key tables of docs/configuration.md from the code
+	$(RUN) python scripts/gen_docs.py
+
 bench: install  ## Benchmark: services/s, calls/s, CPU ms per call, peak RSS, scheduler efficiency; gateway vs a local server
 	$(RUN) python scripts/bench.py --sizes 100 1000 --regimes
 	$(RUN) python scripts/bench_gateway.py
 
 bench-check: install  ## Performance gate: fail on a >15% regression against benchmarks/golden.json
 	$(RUN) python scripts/bench.py --check benchmarks/golden.json
+
+bench-shards: install  ## Shards N=1,2,4 under one shared rate limit (fake server), merge time and RSS for 10,000 records
+	$(RUN) python scripts/bench_shards.py
 
 sbom: install  ## CycloneDX 1.6 SBOM of the runtime-only environment -> dist/sbom.cdx.json
 	$(RUN) python scripts/supply_chain/sbom.py --output dist/sbom.cdx.json

@@ -7,6 +7,8 @@ answers) and peak RSS. Results are printed as a table and, with --json, as JSON.
 
     uv run python scripts/bench.py                       # 100 and 1,000 services, 0 ms latency
     uv run python scripts/bench.py --sizes 200 --latency-ms 50 --concurrency 64
+    uv run python scripts/bench.py --codec --sizes 100   # JSON: CPU µs per record, stdlib vs orjson
+    uv run python scripts/bench.py --help-timing         # only `--help` vs a bare interpreter start
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import json
 import logging
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +82,7 @@ def child(
         )
         wall = time.perf_counter() - wall_before
         cpu = time.process_time() - cpu_before
-        calls = context.gateway.stats.calls
+        calls = report.calls.calls
         context.close()
     return {
         "services": count,
@@ -92,6 +96,92 @@ def child(
         "cpu_ms_per_call_ours": round((cpu - model.cpu_seconds) * 1000 / max(calls, 1), 3),
         "cpu_ms_per_call_model": round(model.cpu_seconds * 1000 / max(calls, 1), 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+Calls = list[tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+def _cpu_us(function: Callable[..., Any], calls: Calls, rounds: int = 7) -> float:
+    """CPU microseconds of replaying ``calls`` through ``function`` (best of ``rounds``)."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.process_time()
+        for args, kwargs in calls:
+            function(*args, **kwargs)
+        best = min(best, time.process_time() - started)
+    return best * 1e6
+
+
+def _recording(calls: Calls, function: Callable[..., Any]) -> Callable[..., Any]:
+    def record(*args: Any, **kwargs: Any) -> Any:
+        calls.append((args, kwargs))
+        return function(*args, **kwargs)
+
+    return record
+
+
+def codec_figures(count: int) -> list[dict[str, Any]]:
+    """JSON CPU per record, stdlib vs orjson (``store/_json.py``), over what a cold and a warm run do.
+
+    Every call the runs make to ``_json.dumps`` (cache keys, cache payloads) and ``_json.loads`` (cache
+    payloads) is recorded, then replayed through the standard library and through orjson, checking that the
+    bytes (and decoded values) are identical. The output lines are measured too: pydantic's
+    ``model_dump_json`` (what the writer uses) against ``model_dump`` plus orjson.
+    """
+    import orjson  # noqa: PLC0415
+
+    from service_ambitions.domain.output import ServiceEvolution  # noqa: PLC0415
+    from service_ambitions.store import _json  # noqa: PLC0415
+
+    pairs: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+        "encode": (_json.stdlib_dumps, _json.dumps),
+        "decode": (_json.stdlib_loads, _json.loads),
+    }
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sa-bench-") as tmp:
+        for phase in ("cold", "warm"):  # the warm run reads the cold run's cache
+            made: dict[str, Calls] = {"encode": [], "decode": []}
+            _json.dumps = _recording(made["encode"], pairs["encode"][1])
+            _json.loads = _recording(made["decode"], pairs["decode"][1])
+            try:
+                child(count, 0.0, 8, "read", Path(tmp))
+            finally:
+                _json.dumps, _json.loads = pairs["encode"][1], pairs["decode"][1]
+            for direction, calls in made.items():
+                if calls:
+                    case = f"{phase} run: {direction}, stdlib"
+                    rows.append(_codec_row(case, count, *pairs[direction], calls))
+        lines = (Path(tmp) / "evolutions.jsonl").read_bytes().splitlines()[1:]
+
+    def by_pydantic(record: ServiceEvolution) -> bytes:
+        return record.model_dump_json().encode("utf-8")
+
+    def by_orjson(record: ServiceEvolution) -> bytes:
+        return orjson.dumps(record.model_dump(mode="json"))
+
+    records: Calls = [((ServiceEvolution.model_validate_json(line),), {}) for line in lines]
+    rows.append(_codec_row("output lines, pydantic", count, by_pydantic, by_orjson, records))
+    return rows
+
+
+def _codec_row(
+    case: str, count: int, reference: Callable[..., Any], fast: Callable[..., Any], calls: Calls
+) -> dict[str, Any]:
+    """``reference`` (the encoder named in ``case``) against ``orjson``; ``identical`` compares every result.
+
+    ``repr`` tells 1 from 1.0 and -0.0 from 0.0, so decoded values must match in type as well.
+    """
+    same = all(repr(reference(*args, **kwargs)) == repr(fast(*args, **kwargs)) for args, kwargs in calls)
+    before, after = _cpu_us(reference, calls) / count, _cpu_us(fast, calls) / count
+    return {
+        "json": case,
+        "calls_per_record": round(len(calls) / count, 1),
+        "reference_us_per_record": round(before, 1),
+        "orjson_us_per_record": round(after, 1),
+        "saved_us_per_record": round(before - after, 1),
+        "speedup": round(before / after, 2),
+        "identical": same,
     }
 
 
@@ -125,6 +215,31 @@ def calibrated_cpu(count: int = 300, chunks: int = 30) -> dict[str, float]:
         cpu = min(cpu, child(per_chunk, 0.0, 8, "off")["cpu_ms_per_call_ours"])
     # Both minimums come from the machine's fastest moments, so their ratio stays steady.
     return {"ratio": cpu / calibration, "cpu_ms_per_call_ours": cpu, "calibration_ms": calibration}
+
+
+def help_timing(runs: int = 5) -> dict[str, Any]:
+    """Median wall time of ``service-ambitions --help`` and of a bare interpreter start (``python -c pass``).
+
+    Both are fresh processes of this interpreter; the difference is what the CLI's imports cost.
+    """
+
+    def median_s(*argv: str) -> float:
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, *argv], capture_output=True, check=True)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    help_s = median_s("-m", "service_ambitions", "--help")
+    bare_s = median_s("-c", "pass")
+    return {
+        "case": "--help",
+        "runs": runs,
+        "help_s": round(help_s, 3),
+        "bare_python_s": round(bare_s, 3),
+        "difference_s": round(help_s - bare_s, 3),
+    }
 
 
 def gate_figures(best_of: int) -> dict[str, Any]:
@@ -206,6 +321,14 @@ def main() -> int:
     parser.add_argument("--update", action="store_true", help="with --check: write the figures to GOLDEN")
     parser.add_argument("--best-of", type=int, default=3, help="runs per figure for --check (best is kept)")
     parser.add_argument("--tolerance", type=float, default=0.15, help="allowed regression for --check")
+    parser.add_argument(
+        "--codec", action="store_true", help="JSON CPU per record, stdlib vs orjson (first size only)"
+    )
+    parser.add_argument(
+        "--help-timing",
+        action="store_true",
+        help="only time `service-ambitions --help` against `python -c pass` (median of 5 each)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--calibrate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -219,6 +342,20 @@ def main() -> int:
             print(f"golden figures written to {args.check}")
             return 0
         return check(args.check, figures, args.tolerance)
+    if args.help_timing:
+        timing = [help_timing()]
+        if args.json:
+            print(json.dumps(timing, indent=2))
+        else:
+            _print_table(timing)
+        return 0
+    if args.codec:
+        codec_rows = codec_figures(args.sizes[0])
+        if args.json:
+            print(json.dumps(codec_rows, indent=2))
+        else:
+            _print_table(codec_rows)
+        return 0
     if args.child and args.warm:
         with tempfile.TemporaryDirectory(prefix="sa-bench-") as tmp:
             cold = child(args.sizes[0], args.latency_ms, args.concurrency, "read", Path(tmp))
@@ -262,18 +399,25 @@ def main() -> int:
         regimes = [asyncio.run(run_regime(regime)) for regime in REGIMES]
     else:
         regimes = []
+    timing = [help_timing()]
     if args.json:
-        print(json.dumps(results + regimes, indent=2))
+        print(json.dumps(results + regimes + timing, indent=2))
         return 0
-    for table in (results, regimes):
-        if not table:
-            continue
-        columns = list(dict.fromkeys(column for row in table for column in row))
-        print("  ".join(f"{column:>{max(len(column), 8)}}" for column in columns))
-        for row in table:
-            print("  ".join(f"{row.get(column, '')!s:>{max(len(column), 8)}}" for column in columns))
-        print()
+    for table in (results, regimes, timing):
+        if table:
+            _print_table(table)
     return 0
+
+
+def _print_table(table: list[dict[str, Any]]) -> None:
+    columns = list(dict.fromkeys(column for row in table for column in row))
+    widths = {
+        column: max(8, len(column), *(len(str(row.get(column, ""))) for row in table)) for column in columns
+    }
+    print("  ".join(f"{column:>{widths[column]}}" for column in columns))
+    for row in table:
+        print("  ".join(f"{row.get(column, '')!s:>{widths[column]}}" for column in columns))
+    print()
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ async def run_engine(tmp: Path, *, debug: bool = False) -> Any:
 async def test_an_unexpected_exception_quarantines_one_service(isolated: Path) -> None:
     report = await run_engine(isolated)
     assert report.services_ok == 2
-    assert report.failed_ids == ["B"]
+    assert report.failed_ids == ("B",)
     records = read_evolutions(isolated / "out.jsonl").records
     assert [record.service.service_id for record in records] == ["A", "C"]
     (entry,) = QuarantineStore(quarantine_dir_for(isolated / "out.jsonl")).entries()

@@ -292,7 +292,7 @@ def test_strict_map_failure_quarantines_one_service(cli: Cli, isolated: Path) ->
         report = asyncio.run(RemapEngine(context).run(source, output))
     finally:
         context.close()
-    assert (report.services_ok, report.failed_ids) == (2, ["B"])
+    assert (report.services_ok, report.failed_ids) == (2, ("B",))
     assert len(calls) == 3 * 5 * 3
     assert [record.service.service_id for record in read_evolutions(output).records] == ["A", "C"]
     entries = list(QuarantineStore(quarantine_dir_for(output)).entries())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from service_ambitions import __version__
 from service_ambitions.cli.migrate import migrate
 from service_ambitions.domain.ids import feature_id
+from service_ambitions.domain.output import FeatureRef, PlateauResult
 from service_ambitions.domain.reference import Role
 from service_ambitions.errors import InputError, UsageError
 from service_ambitions.store.migrate import (
@@ -23,7 +25,7 @@ from service_ambitions.store.migrate import (
     supported_migrations,
 )
 from service_ambitions.store.reader import read_evolutions
-from tests.conftest import read_jsonl, write_jsonl
+from tests.conftest import read_jsonl, service, write_jsonl
 
 FIXTURE = Path(__file__).parent / "fixtures" / "evolutions_1_0.jsonl"
 RUN_A = "run-2025-08-01-a1b2"
@@ -445,3 +447,46 @@ def test_help_names_the_flags() -> None:
     assert result.exit_code == 0
     for flag in ("--from", "--to", "--input", "--output"):
         assert flag in result.stdout
+
+
+def test_migrated_roles_and_groups_are_those_of_a_run(isolated: Path, cli: Callable[..., Any]) -> None:
+    # A run's records written back as 1.0 without roles or groups (features in reverse order) migrate to
+    # the run's order and grouping: the engine and the migration both build them with domain/grouping.py.
+    write_jsonl(isolated / "services.jsonl", [service("A"), service("B", "Timetabling")])
+    assert cli("run", "--model", "offline").exit_code == 0
+    header, *records = read_jsonl(isolated / "evolutions.jsonl")
+    meta = {"run_id": header["run_id"], "models": header["models"], "mapping_types": header["mapping_sets"]}
+    legacy = [
+        {
+            "meta": meta,
+            "service": record["service"],
+            "plateaus": [
+                {
+                    "plateau": plateau["plateau"],
+                    "plateau_name": plateau["plateau_name"],
+                    "service_description": plateau["description"],
+                    "features": plateau["features"][::-1],
+                }
+                for plateau in record["plateaus"]
+            ],
+        }
+        for record in records
+    ]
+    write_jsonl(isolated / "legacy.jsonl", legacy)
+    assert run_migrate(isolated / "legacy.jsonl", isolated / "migrated.jsonl").exit_code == 0
+
+    ran = read_evolutions(isolated / "evolutions.jsonl").records
+    migrated = read_evolutions(isolated / "migrated.jsonl").records
+    for before, after in zip(ran, migrated, strict=True):
+        # 1.0 without roles knows only the roles some feature of the record has
+        known = {feature.customer_type for plateau in before.plateaus for feature in plateau.features}
+        for old, new in zip(before.plateaus, after.plateaus, strict=True):
+            assert new.features == old.features
+            assert new.roles == [role for role in old.roles if role.role_id in known]
+            assert any(groups for groups in new.mappings.values())
+            # ... and without groups no item names: compare ids and references
+            assert grouped_refs(new) == grouped_refs(old)
+
+
+def grouped_refs(plateau: PlateauResult) -> dict[str, list[tuple[str, list[FeatureRef]]]]:
+    return {field: [(g.id, g.mappings) for g in groups] for field, groups in plateau.mappings.items()}

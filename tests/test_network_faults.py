@@ -199,7 +199,7 @@ async def call(base_url: str, **overrides: Any) -> tuple[ModelCallError | None, 
             "cache_mode": "off",
             "base_url": base_url,
             "openai_api_key": KEY,
-            "transport_retries": {"attempts": 3, "max_wait": 0.05},
+            "transport_retries": {"attempts": 3, "max_wait": 0.05, "rate_limited_for": 0},
             **overrides,
         },
     )
@@ -238,6 +238,23 @@ async def test_systemic_failures_are_marked(fault: str, systemic: str | None, re
     assert len(server.chat_requests()) == requests  # auth and quota: neither retried nor fallen back
     assert "\n" not in error.message
     assert KEY not in str(error)
+
+
+async def test_a_rate_limited_request_is_retried_past_its_attempts_within_a_time_bound() -> None:
+    # Shards sharing a key race at each reset of the provider's window: a 429 says "wait", so a
+    # request goes on after its 3 attempts while the waits add up to less than rate_limited_for.
+    five_429s = Behaviour(faults=["429"] * 5)
+    with FakeOpenAIServer(five_429s) as server:
+        window = {"attempts": 3, "max_wait": 0.05, "rate_limited_for": 5}
+        error, _ = await call(server.base_url, transport_retries=window)
+    assert error is None
+    assert len(server.chat_requests()) == 6
+    always = Behaviour(faults=lambda _number: "429")
+    with FakeOpenAIServer(always) as server:
+        window = {"attempts": 3, "max_wait": 0.05, "rate_limited_for": 0.5}
+        error, _ = await call(server.base_url, transport_retries=window)
+    assert error is not None
+    assert 3 < len(server.chat_requests()) < 100  # bounded by the time waited, not by the attempts
 
 
 async def test_connection_refused_is_systemic() -> None:

@@ -35,6 +35,7 @@ REQUIRED = {
     "input_file": "old.jsonl",
     "output_file": "migrated.jsonl",
     "entry_id": "abc",
+    "shard_outputs": "old.jsonl",
 }
 """Valid values for required parameters, so that the bad one under test is what the command meets."""
 ACTIONS: dict[tuple[str, ...], tuple[str, ...]] = {

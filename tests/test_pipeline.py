@@ -84,7 +84,7 @@ async def test_unknown_ids_fail_the_service_under_strict(isolated: Path) -> None
     )
     assert [record["service"]["service_id"] for record in records] == ["B"]
     assert report.services_failed == 1
-    assert report.failed_ids == ["A"]
+    assert report.failed_ids == ("A",)
     assert any(entry.error.startswith("--strict") and entry.service_id == "A" for entry in entries)
 
 
@@ -212,7 +212,7 @@ async def test_empty_role_fails_only_in_strict(isolated: Path) -> None:
     strict, strict_records, _ = await run_engine(
         isolated, [service("A"), service("B")], no_academics, strict=True
     )
-    assert strict.failed_ids == ["A"]
+    assert strict.failed_ids == ("A",)
     assert [record["service"]["service_id"] for record in strict_records] == ["B"]
 
 
@@ -227,7 +227,7 @@ async def test_score_label_must_match_level(isolated: Path) -> None:
     report, records, entries = await run_engine(
         isolated, [service("A"), service("B")], wrong_label, output_retries=0
     )
-    assert report.failed_ids == ["A"]
+    assert report.failed_ids == ("A",)
     assert len(records) == 1
     assert entries[0].kind == "schema_mismatch"
     assert "does not match level" in entries[0].error or "schema" in entries[0].error

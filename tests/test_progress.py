@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service_ambitions.observability.progress import RunProgress, make_progress
+from service_ambitions.observability.progress import RunProgress, progress_wanted
 from tests.conftest import service, write_jsonl
 
 
@@ -17,13 +17,12 @@ class Terminal(io.StringIO):
 
 
 def test_progress_only_on_tty(cli: Callable[..., Any], isolated: Path) -> None:
-    assert make_progress(io.StringIO(), enabled=True, json_logs=False, total=3) is None
-    assert make_progress(Terminal(), enabled=True, json_logs=True, total=3) is None
-    assert make_progress(Terminal(), enabled=False, json_logs=False, total=3) is None
+    assert not progress_wanted(io.StringIO(), enabled=True, json_logs=False)
+    assert not progress_wanted(Terminal(), enabled=True, json_logs=True)
+    assert not progress_wanted(Terminal(), enabled=False, json_logs=False)
     terminal = Terminal()
-    display = make_progress(terminal, enabled=True, json_logs=False, total=3)
-    assert isinstance(display, RunProgress)
-    with display:
+    assert progress_wanted(terminal, enabled=True, json_logs=False)
+    with RunProgress(terminal, 3) as display:
         display.update(done=2, calls=42, cost=0.5)
     shown = terminal.getvalue()
     assert "2/3" in shown

@@ -403,7 +403,7 @@ async def test_cached_tokens_are_reported_per_stage(isolated: Path, capfire: Cap
                 await close_clients(context.gateway.stage_model(stage))
         bodies = [request.body for request in server.chat_requests()]
     assert report.services_ok == 4
-    data = summary_data(context, report)
+    data = summary_data(context.settings, report)
     served = server.by_stage()
     cache = data["prompt_cache"]
     for stage in STAGES:

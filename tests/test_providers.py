@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 from pydantic_ai.models import Model
 
@@ -9,6 +12,7 @@ from service_ambitions.errors import ConfigError, ProviderKeyMissing
 from service_ambitions.llm.offline import OfflineModel
 from service_ambitions.llm.providers import check_provider_keys, parse_model_id, resolve_model
 from service_ambitions.settings import load_settings
+from tests.conftest import service, write_jsonl
 
 PROVIDERS = [
     ("openai:gpt-5-mini", "OPENAI_API_KEY", "gpt-5-mini"),
@@ -72,3 +76,17 @@ def test_per_stage_models_from_flags(cli: object) -> None:
         "features": "anthropic:claude-sonnet-4-5",
         "mapping": "offline",
     }
+
+
+def test_a_provider_whose_sdk_is_missing_fails_before_any_work(
+    cli: Any, isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # cohere's SDK is not installed: the model cannot be built, which is one usage error (exit 2)
+    # before the output exists, not a failure of every service.
+    monkeypatch.setenv("CO_API_KEY", "co-test-key")
+    write_jsonl(isolated / "services.jsonl", [service("A")])
+    result = cli("run", "--model", "cohere:command-r", "--descriptions-model", "cohere:command-r")
+    assert result.exit_code == 2, result.stderr
+    assert "cannot use model 'cohere:command-r'" in result.stderr
+    assert not (isolated / "evolutions.jsonl").exists()
+    assert not (isolated / "evolutions.jsonl.partial").exists()

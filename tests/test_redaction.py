@@ -370,10 +370,12 @@ def test_invalid_pattern_names_it() -> None:
         Redactor.from_environment({PATTERNS_VARIABLE: "ok-[0-9]+;;x*"})
 
 
-def test_redact_exception_chain() -> None:
+def test_logged_exception_chain_is_redacted() -> None:
     secret = token_canaries(random.Random(1))["anthropic"][0]
     exc = caught(ValueError(f"bad key {secret}"), caught(KeyError(secret)))
-    text = Redactor().redact_exception(exc)
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, (ValueError, exc, None))
+    assert RedactingFilter(Redactor()).filter(record) is True
+    text = record.exc_text or ""
     assert secret not in text
     assert "KeyError: '[REDACTED:anthropic]'" in text
     assert "ValueError: bad key [REDACTED:anthropic]" in text
@@ -494,12 +496,12 @@ async def test_canary_never_leaks(
     context = build_context(settings, models={"test:scripted": FunctionModel(answer)}, redactor=redactor)
     try:
         report = await ProcessingEngine(context).run(tmp_path / "in.jsonl", tmp_path / "out.jsonl")
-        write_summary(tmp_path / "summary.json", summary_data(context, report))
+        write_summary(tmp_path / "summary.json", summary_data(context.settings, report))
     finally:
         context.close()
         logging.getLogger("service_ambitions").handlers.clear()
     assert report.services_ok == 1
-    assert report.failed_ids == ["B"]
+    assert report.failed_ids == ("B",)
     assert report.input_invalid == 1
     captured = capsys.readouterr()
     written = [path for path in tmp_path.rglob("*") if path.is_file() and path.name != "in.jsonl"]

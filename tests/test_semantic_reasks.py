@@ -186,7 +186,7 @@ def never_plateau_4(call: Call, answer: dict[str, Any]) -> dict[str, Any]:
 
 async def test_plateau_never_fixed_fails_the_service_with_the_reason(isolated: Path) -> None:
     result = await run(isolated, never_plateau_4, "A", "B")
-    assert result.report.failed_ids == ["A"]
+    assert result.report.failed_ids == ("A",)
     assert [record["service"]["service_id"] for record in result.records] == ["B"]
     assert result.reasks == 2  # output_retries
     failure = next(entry for entry in result.entries if entry.service_id == "A")

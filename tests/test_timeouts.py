@@ -57,7 +57,7 @@ async def test_stage_timeout_cancels(isolated: Path) -> None:
         report = await ProcessingEngine(context).run(isolated / "in.jsonl", isolated / "out.jsonl")
     finally:
         context.close()
-    assert report.failed_ids == ["A"]
+    assert report.failed_ids == ("A",)
     assert report.services_ok == 1
     assert set(cancelled) == {"A"}  # the model calls were really cancelled, not left running
     entries = list(QuarantineStore(quarantine_dir_for(isolated / "out.jsonl")).entries())

@@ -1,4 +1,11 @@
-"""The :class:`RunContext`: everything a run needs, built once from settings and passed down."""
+"""The :class:`RunContext`: everything a run needs, built once from settings and passed down.
+
+This module only builds the context (and digests the settings and content it holds, for the run id, the
+header and the record-cache key). The types it holds come from their own packages: ``Settings`` from
+``settings``, ``Content`` from ``content``, ``ResponseCache`` from ``store``, ``Gateway`` from ``llm``,
+``CostLedger`` from ``llm``, ``Redactor`` and ``RunMetrics`` from ``observability``, the build commit
+from ``_build``.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from service_ambitions import __version__, _build
-from service_ambitions.content.loader import Content, load_content
+from service_ambitions import __version__
+from service_ambitions._build import git_sha
+from service_ambitions.content.loader import Content, DirectorySource, load_content
+from service_ambitions.content.source import ContentSource
 from service_ambitions.llm._names import is_offline
+from service_ambitions.llm.cost import CostLedger
 from service_ambitions.llm.gateway import Gateway
 from service_ambitions.llm.providers import check_provider_keys
+from service_ambitions.observability.metrics import RunMetrics
 from service_ambitions.observability.redaction import Redactor
 from service_ambitions.settings import Settings
 from service_ambitions.store.cache import ResponseCache
@@ -22,14 +33,6 @@ if TYPE_CHECKING:
     from pydantic_ai.models import Model
 
 __all__ = ["RunContext", "build_context", "git_sha", "settings_digest"]
-
-
-def git_sha() -> str | None:
-    """The commit the tool was built from (build metadata, or this project's own checkout), else None.
-
-    Never the repository of the current directory or of ``GIT_DIR``: the record-cache key includes it.
-    """
-    return _build.git_sha()
 
 
 def settings_digest(settings: Settings, content: Content) -> str:
@@ -53,6 +56,10 @@ class RunContext:
     tool_version: str
     git_sha: str | None
     redactor: Redactor
+    ledger: CostLedger
+    """The run's spend: the gateway records into it, the engine's budget reads it."""
+    metrics: RunMetrics
+    """The run's instruments, shared by the gateway, the pipeline and the engine."""
 
     @property
     def synthetic(self) -> bool:
@@ -64,15 +71,18 @@ class RunContext:
         self.cache.close()
 
 
-def build_content(settings: Settings) -> Content:
-    """Load the content the settings point at."""
+def build_content(settings: Settings, source: ContentSource | None = None) -> Content:
+    """Load the content of ``source``, or else the directories the settings point at."""
     return load_content(
-        data_dir=settings.data_dir,
-        prompt_dir=settings.prompt_dir,
-        roles_file=settings.roles_file,
-        context_id=settings.context_id,
-        inspiration=settings.inspiration,
-        mapping_sets=list(settings.mapping_sets),
+        source
+        or DirectorySource(
+            data_dir=settings.data_dir,
+            prompt_dir=settings.prompt_dir,
+            roles_file=settings.roles_file,
+            context_id=settings.context_id,
+            inspiration=settings.inspiration,
+            mapping_sets=list(settings.mapping_sets),
+        )
     )
 
 
@@ -82,6 +92,7 @@ def build_context(
     models: Mapping[str, Model] | None = None,
     redactor: Redactor | None = None,
     keys_for: Iterable[str] | None = None,
+    content_source: ContentSource | None = None,
 ) -> RunContext:
     """Validate keys, load content, open the cache and build the gateway.
 
@@ -91,6 +102,8 @@ def build_context(
         redactor: The secret redactor (built from the environment when omitted).
         keys_for: The models the command will call, whose provider keys must be set: every model
             of the run by default; ``map`` calls only the mapping stage's, ``reverse`` none.
+        content_source: Where the content comes from (library users and tests inject content without
+            files); the data and prompt directories of the settings by default.
 
     Raises:
         UsageError: Missing provider key, bad model id, or unloadable content (before any model call).
@@ -99,14 +112,28 @@ def build_context(
     given = dict(models or {})
     called = settings.all_model_ids() if keys_for is None else keys_for
     check_provider_keys(settings, [model for model in called if model not in given])
-    content = build_content(settings)
+    content = build_content(settings, content_source)
     cache = ResponseCache(
         settings.cache_dir,
         mode=settings.cache_mode,
         max_bytes=settings.cache_max_bytes,
         ttl_seconds=settings.cache_ttl,
     )
-    gateway = Gateway(settings, system_prompt=content.system_prompt, cache=cache, models=given)
+    ledger = CostLedger()
+    metrics = RunMetrics()
+    gateway = Gateway(
+        settings,
+        system_prompt=content.system_prompt,
+        cache=cache,
+        models=given,
+        ledger=ledger,
+        metrics=metrics,
+    )
+    try:
+        gateway.prepare(called)
+    except BaseException:
+        cache.close()
+        raise
     return RunContext(
         settings=settings,
         content=content,
@@ -115,4 +142,6 @@ def build_context(
         tool_version=__version__,
         git_sha=git_sha(),
         redactor=redactor,
+        ledger=ledger,
+        metrics=metrics,
     )

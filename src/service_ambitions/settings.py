@@ -31,6 +31,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from service_ambitions._failure_spec import parse_failure_spec
 from service_ambitions._units import parse_duration, parse_size
 from service_ambitions.domain.reference import MappingSet
 from service_ambitions.errors import ConfigError
@@ -73,48 +74,114 @@ class _Section(BaseModel):
 class StageModels(_Section):
     """Per-stage model overrides; unset stages use ``model``."""
 
-    descriptions: str | None = None
-    features: str | None = None
-    mapping: str | None = None
+    descriptions: str | None = Field(
+        default=None, description="Model for the descriptions stage; null uses `model`."
+    )
+    features: str | None = Field(default=None, description="Model for the features stage; null uses `model`.")
+    mapping: str | None = Field(default=None, description="Model for the mapping stage; null uses `model`.")
 
 
 class Reasoning(_Section):
     """Reasoning options passed to models that support them."""
 
-    effort: Literal["minimal", "low", "medium", "high"] | None = None
-    summary: Literal["auto", "concise", "detailed"] | None = None
+    effort: Literal["minimal", "low", "medium", "high"] | None = Field(
+        default=None, description="Reasoning effort; sent only to `openai*` models."
+    )
+    summary: Literal["auto", "concise", "detailed"] | None = Field(
+        default=None, description="Reasoning summary; sent only to `openai*` models."
+    )
 
 
 class RateLimit(_Section):
     """Requests and tokens per minute allowed for one model."""
 
-    rpm: int | None = Field(default=None, gt=0)
-    tpm: int | None = Field(default=None, gt=0)
-    concurrency: int | None = Field(default=None, gt=0)
+    rpm: int | None = Field(default=None, gt=0, description="Requests per minute for this model.")
+    tpm: int | None = Field(
+        default=None,
+        gt=0,
+        description="Tokens per minute for this model (estimated before a request, settled with the usage "
+        "the answer reports).",
+    )
+    concurrency: int | None = Field(
+        default=None,
+        gt=0,
+        description="Requests in flight at once for this model (within `llm_concurrency`); applies in "
+        "every `rate_limits` mode.",
+    )
 
 
 class StageTimeouts(_Section):
     """Time budget in seconds for each stage of one service."""
 
-    descriptions: float = Field(default=300.0, gt=0)
-    features: float = Field(default=300.0, gt=0)
-    mapping: float = Field(default=300.0, gt=0)
+    descriptions: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds for a service's descriptions call, everything included: the cache lookup, "
+        "waits for an `llm_concurrency` slot and rate permits, transport retries, output re-asks and "
+        "fallbacks. On expiry the call is cancelled and the service fails (quarantined as `timeout`).",
+    )
+    features: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds for one plateau's features call, counted as for `stage_timeouts.descriptions`; "
+        "the wait for a `plateau_concurrency` slot is not counted.",
+    )
+    mapping: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds for one plateau's mapping calls together (every mapping set, run concurrently), "
+        "counted as for `stage_timeouts.descriptions`.",
+    )
 
 
 class TransportRetries(_Section):
     """Retries of transient HTTP failures (429, 408, 5xx, connection errors), honouring Retry-After."""
 
-    attempts: int = Field(default=4, ge=1, le=20)
-    max_wait: float = Field(default=60.0, gt=0)
+    attempts: int = Field(
+        default=4,
+        ge=1,
+        le=20,
+        description="HTTP attempts per model request, the first included, for 408, 409, 429, 500, 502, 503, "
+        "504, 529, connection and protocol errors and timeouts (not 401/403, nor a 429 "
+        "`insufficient_quota`). Applies to the providers behind the tool's own HTTP transport (`openai*`, "
+        "`anthropic`, `google`, `mistral`, `openrouter`), whose SDK retries are switched off; other "
+        "providers retry as their SDK does. Not output re-asks: those are `output_retries`.",
+    )
+    max_wait: float = Field(
+        default=60.0,
+        gt=0,
+        description="Longest wait in seconds before a transport retry: `retry-after-ms`/`Retry-After` "
+        "when the provider sends one, else exponential from 0.5 s (0.5, 1, 2, ...), capped at this. "
+        "Also the longest a 429 pauses its model's admission.",
+    )
+    rate_limited_for: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds a request answered 429 (rate limited, not out of quota) keeps being retried "
+        "after `attempts` is used up, each wait as the provider's `Retry-After` says: processes sharing a "
+        "key (CI shards) race for the same budget at each reset, and a 429 only says to wait. 0: 429s count "
+        "against `attempts` like other failures.",
+    )
 
 
 class OfflineOptions(_Section):
     """Options of the built-in synthetic ``offline`` model."""
 
-    latency_ms: float = Field(default=0.0, ge=0)
-    jitter_ms: float = Field(default=0.0, ge=0)
-    usd_per_million_tokens: float = Field(default=0.0, ge=0)
-    """Simulated price of offline answers (for budget rehearsals and the benchmark); 0 = free."""
+    latency_ms: float = Field(
+        default=0.0, ge=0, description="Simulated latency of every offline answer, in milliseconds."
+    )
+    jitter_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="Extra simulated latency between 0 and this many milliseconds, derived from the prompt "
+        "(deterministic).",
+    )
+    usd_per_million_tokens: float = Field(
+        default=0.0,
+        ge=0,
+        description="Simulated price of offline answers (input + output tokens), for budget rehearsals and "
+        "the benchmark; 0 = free.",
+    )
 
 
 class Settings(BaseSettings):
@@ -131,56 +198,247 @@ class Settings(BaseSettings):
     )
 
     # Models
-    model: str = "offline"
+    model: str = Field(
+        default="offline",
+        description="Model for every stage: `offline` or `provider:model` (README, Models); `models.*` "
+        "overrides it per stage.",
+    )
     models: StageModels = StageModels()
-    model_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    model_fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Fallback models, tried in order when a request fails with a rate-limit, unavailable, "
+        "server or connection error (timeouts included) after its transport retries. A key is a stage name "
+        "or a model id: a stage uses the entry under its name, else the one under its model id. Each "
+        "fallback is admitted under its own limits and sends its own provider's settings.",
+    )
     reasoning: Reasoning = Reasoning()
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, gt=0)
-    output_retries: int = Field(default=2, ge=0, le=10)
-    output_mode: OutputMode = "auto"
-    models_output_mode: dict[str, OutputMode] = Field(default_factory=dict)
-    base_url: str | None = None
-    openai_api_key: SecretStr | None = None
+    temperature: float | None = Field(
+        default=None, ge=0, le=2, description="Sampling temperature; null leaves the provider's default."
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="Maximum output tokens per request; null leaves the provider's default, except for "
+        "`openai*` models at `base_url`, which get 4096. On the Chat Completions API (`openai-chat:`) it is "
+        "sent as `max_tokens` at `base_url` (the field llama.cpp, vLLM and Ollama read) and as "
+        "`max_completion_tokens` to OpenAI; on the Responses API (`openai:`, `openai-responses:`) as "
+        "`max_output_tokens`. Also the output allowance of the rate-limit token estimate (2048 when null) "
+        "and of `run --estimate` (a typical size per stage when null).",
+    )
+    output_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Output re-asks: how many times one call sends the model's rejected answer back with "
+        "the validation errors (semantic checks included: a missing plateau, unknown role keys, omitted "
+        "feature ids), each a new request. A cut-off or oversized answer is not sent back; the re-ask asks "
+        "for a shorter one. Not transport retries (`transport_retries`).",
+    )
+    output_mode: OutputMode = Field(
+        default="auto",
+        description="How structured answers are asked for, through pydantic-ai's output types. `auto`: the "
+        "model's profile decides (the output tool for OpenAI, Anthropic, Google, Mistral, Groq, ...; "
+        "prompted JSON with `response_format: json_object` for `openai*` models at `base_url`). `tool`: an "
+        "output tool call (`tool_choice` required; text answers rejected). `native`: a JSON-schema "
+        "response format. `prompted`: the schema in the instructions, JSON text back. Part of the answer "
+        "cache key and the header settings only when not `auto` everywhere.",
+    )
+    models_output_mode: dict[str, OutputMode] = Field(
+        default_factory=dict,
+        description="`output_mode` per model (fallbacks included), keyed by the id as configured. At "
+        "`base_url`, an explicit `native` or `tool` also tells pydantic-ai the server supports it.",
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="Base URL of every `openai*` model of the run, for OpenAI-compatible servers; null uses "
+        "`OPENAI_BASE_URL` when that is set. With a base URL no OpenAI key is required, and those models get "
+        "a profile for such servers (see `output_mode`, `max_tokens`).",
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        description="OpenAI key; wins over `OPENAI_API_KEY`. A secret: never printed, never in the output "
+        "or the cache key. Set it in the environment, not in a committed file.",
+    )
     offline: OfflineOptions = OfflineOptions()
 
     # Throughput and limits
     # High enough that a default run is bound by the provider's limits or latency, not by these caps.
-    concurrency: int = Field(default=16, ge=1, le=1024)
-    llm_concurrency: int = Field(default=256, ge=1, le=4096)
-    plateau_concurrency: int = Field(default=5, ge=1, le=16)
-    models_rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
-    rate_limits: Literal["learn", "fixed", "off"] = "learn"
-    request_timeout: float = Field(default=120.0, gt=0)
+    concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="Services in flight at once, counting finished services waiting in the reorder buffer "
+        "(records are written in input order).",
+    )
+    llm_concurrency: int = Field(
+        default=256,
+        ge=1,
+        le=4096,
+        description="Model requests in flight at once across the whole run; each first request and each "
+        "output re-ask takes a slot (its transport retries and fallbacks keep it). The slot is taken before "
+        "the rate permit.",
+    )
+    plateau_concurrency: int = Field(
+        default=5,
+        ge=1,
+        le=16,
+        description="Plateaus of one service in flight at once; 2 or more lets the features call of "
+        "plateau N+1 run while plateau N is mapped.",
+    )
+    models_rate_limits: dict[str, RateLimit] = Field(
+        default_factory=dict,
+        description="Per-model caps, keyed by the model id exactly as configured (fallbacks take their own "
+        "entries): requests per minute, tokens per minute (FIFO admission, no sliding minute over the "
+        "limit) and requests in flight. Never exceeded, whatever the provider says; `rate_limits: off` "
+        "ignores `rpm` and `tpm` (not `concurrency`). A rate permit is taken immediately before each HTTP "
+        "attempt (transport retries included), so a backlog never becomes a burst.",
+    )
+    rate_limits: Literal["learn", "fixed", "off"] = Field(
+        default="learn",
+        description="How client-side rate limits are set. `learn`: adopt the limits and the remaining "
+        "budget the provider sends on every response (`x-ratelimit-limit/remaining/reset-requests/tokens`, "
+        "`anthropic-ratelimit-*`, `retry-after`, `retry-after-ms`), under the caps of "
+        "`models_rate_limits`; until the first answer (or connection failure) at most 4 requests per model "
+        "go out (a probe window); a server that sends no such headers (a local one), and a provider outside "
+        "the tool's HTTP transport (e.g. `groq`), gets no limit beyond its configured caps. Several "
+        "processes on one key (CI shards) thus share the account's budget. `fixed`: only "
+        "`models_rate_limits`. `off`: no client-side rate limit (429s no longer pause the model). The "
+        "summary lists the limits in force per model and where they came from.",
+    )
+    request_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds any one step of an HTTP attempt may wait: connecting (at most 10 s), sending "
+        "the request, each read of the answer, getting a pooled connection. Not a deadline over the whole "
+        "attempt: a non-streamed answer arrives only when the model has finished, so this bounds its "
+        "generation, but an answer that keeps sending bytes is not cut off (`stage_timeouts` bound the "
+        "whole call). A timed-out attempt is a transport error, retried under `transport_retries`. For "
+        "providers outside the tool's HTTP transport, passed to the SDK as its timeout.",
+    )
     transport_retries: TransportRetries = TransportRetries()
-    inject_failures: str | None = None
-    allow_prompt_logging: bool = False
+    inject_failures: str | None = Field(
+        default=None,
+        description="Failure injection at the model boundary, for resilience tests: "
+        "`p=0.05[,kinds=429,500,timeout,malformed][,seed=N]`. Validated at load.",
+    )
+    allow_prompt_logging: bool = Field(
+        default=False,
+        description="Log each prompt and answer at DEBUG (visible with `-vv`), redacted like every log line.",
+    )
     stage_timeouts: StageTimeouts = StageTimeouts()
-    run_budget_usd: float | None = Field(default=None, gt=0)
-    budget_mode: Literal["warn", "enforce"] = "warn"
+    run_budget_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Spending cap of the run in USD; null = no budget (and no reservations).",
+    )
+    budget_mode: Literal["warn", "enforce"] = Field(
+        default="warn",
+        description="What happens when spent + in flight + the next service's estimate would pass "
+        "`run_budget_usd`: `warn` logs one warning and goes on; `enforce` stops admitting services, lets "
+        "those in flight finish, and exits 4 (resumable).",
+    )
+    mode: Literal["live", "batch", "auto"] = Field(
+        default="live",
+        description="How requests are sent: live; batch (provider batch APIs: half price, results within "
+        "24 h, in waves); auto (batch where the model has a batch API, live otherwise).",
+    )
+    batch_poll_interval: float = Field(
+        default=30.0, gt=0, description="Seconds before the first check of a submitted batch (grows by half)."
+    )
+    batch_max_poll_interval: float = Field(
+        default=600.0, gt=0, description="Longest wait in seconds between checks of a submitted batch."
+    )
+    batch_max_resubmissions: int = Field(
+        default=2,
+        ge=0,
+        description="Times a batch request that expired or failed transiently (429, 5xx) is submitted again.",
+    )
 
     # Content
-    data_dir: Path | None = None
-    prompt_dir: Path | None = None
-    roles_file: Path | None = None
-    context_id: str = "university"
-    inspiration: str = "general"
-    mapping_sets: list[MappingSet] = Field(default_factory=lambda: list(DEFAULT_MAPPING_SETS), min_length=1)
+    data_dir: Path | None = Field(
+        default=None,
+        description="Reference data directory: `service_feature_plateaus.json`, `roles.json`, "
+        "`definitions.json` and the catalogue files; null uses the bundled data.",
+    )
+    prompt_dir: Path | None = Field(
+        default=None,
+        description="Prompt directory: `descriptions_prompt.md`, `features_prompt.md`, `mapping_prompt.md`, "
+        "`situational_context/`, `inspirations/`; null uses the bundled prompts.",
+    )
+    roles_file: Path | None = Field(
+        default=None,
+        description="Roles file, or a directory holding `roles.json`; null uses `<data_dir>/roles.json`.",
+    )
+    context_id: str = Field(
+        default="university",
+        description="Situational context: `<prompt_dir>/situational_context/<context_id>.md`.",
+    )
+    inspiration: str = Field(
+        default="general", description="Inspirations library: `<prompt_dir>/inspirations/<inspiration>.md`."
+    )
+    mapping_sets: list[MappingSet] = Field(
+        default_factory=lambda: list(DEFAULT_MAPPING_SETS),
+        min_length=1,
+        description="Catalogues features are mapped to, in call order, each `{name, file, field}`: `name` is "
+        "a label, `file` is read from `data_dir`, `field` is the output key (unique).",
+    )
 
     # Files
-    input_file: Path = Path("services.jsonl")
-    output_file: Path = Path("evolutions.jsonl")
+    input_file: Path = Field(
+        default=Path("services.jsonl"), description="Services file read by `run` and `validate`."
+    )
+    output_file: Path = Field(
+        default=Path("evolutions.jsonl"),
+        description="Output of `run`; its quarantine is `<output_file>.quarantine/`, torn bytes go to "
+        "`<output_file>.broken`. Must not be `input_file` (also through a symlink or hard link); `run` and "
+        "`preflight` check it and its quarantine directory before writing ([cli.md](cli.md#run), Paths).",
+    )
 
     # Cache
-    cache_mode: Literal["off", "read", "refresh", "write"] = "read"
-    cache_dir: Path = Field(default_factory=_default_cache_dir)
-    cache_max_bytes: int = Field(default=2 * 10**9, ge=0)
-    cache_ttl: float = Field(default=90 * 86400.0, ge=0)
+    cache_mode: Literal["off", "read", "refresh", "write"] = Field(
+        default="read",
+        description="`off`: no read, no write. `read`: use cached entries, store new ones. `refresh`: never "
+        "read, always store. `write`: never read, store only what is not cached yet. Applies to answers and "
+        "to whole records.",
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Cache directory (`manifest.sqlite3`, `entries/`); `~/.cache/service-ambitions` when "
+        "`XDG_CACHE_HOME` is unset. Created by `run`, which first checks it can be written (not under "
+        "`cache_mode: off`). A manifest that cannot be used is moved aside to "
+        "`manifest.sqlite3.corrupt-<n>` with a warning and a fresh one started. `~` is not expanded in "
+        "configured values.",
+    )
+    cache_max_bytes: int = Field(
+        default=2 * 10**9,
+        ge=0,
+        description="Cap on the payload bytes, in bytes or a size such as `2GB` (the default); when a write "
+        "passes it, least recently used entries are removed. `0` = no cap.",
+    )
+    cache_ttl: float = Field(
+        default=90 * 86400.0,
+        ge=0,
+        description="Seconds, or a duration such as `90d` (the default): entries older than this (since "
+        "written) are misses and are removed when read. `0` = never expire.",
+    )
 
     # Behaviour
-    strict: bool = False
-    fail_on_quarantine: bool = False
-    seed: int = 0
+    strict: bool = Field(
+        default=False,
+        description="Fail a service (quarantine it, write no record) on any unknown catalogue id, facet "
+        "violation, feature missing from a mapping answer, empty mapping set, duplicate feature id or role "
+        "without features; the run then exits 1 if any service failed. Without it, problems are "
+        "quarantined and the best valid answer is kept.",
+    )
+    fail_on_quarantine: bool = Field(
+        default=False,
+        description="Exit 1 at the end when anything was quarantined; the output is still complete.",
+    )
+    seed: int = Field(
+        default=0,
+        description="Seed sent with every request (providers that support it use it); part of the run id "
+        "and the cache keys.",
+    )
 
     @field_validator("data_dir", "prompt_dir", "roles_file", "input_file", "output_file", "cache_dir")
     @classmethod
@@ -204,8 +462,6 @@ class Settings(BaseSettings):
     @classmethod
     def _failure_spec(cls, value: str | None) -> str | None:
         if value is not None:
-            from service_ambitions.llm.chaos import parse_failure_spec  # noqa: PLC0415
-
             parse_failure_spec(value)
         return value
 

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 import typer
 
 from service_ambitions.errors import ExitCode, ServiceAmbitionsError
-from service_ambitions.settings import Settings, load_settings
 
 __all__ = [
     "ConfigOption",
@@ -35,6 +34,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from service_ambitions.observability.redaction import Redactor
+    from service_ambitions.settings import Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -167,7 +167,9 @@ def nested(**values: Any) -> dict[str, Any]:
 
 def settings_from_flags(config: Path | None, **flags: Any) -> Settings:
     """Settings with command-line flags applied on top of every other source."""
+    # here, not at the top: pydantic-settings and the providers are slow to import (keeps --help fast)
     from service_ambitions.llm.providers import export_dotenv_provider_keys  # noqa: PLC0415
+    from service_ambitions.settings import load_settings  # noqa: PLC0415
 
     export_dotenv_provider_keys()
     return load_settings(config, nested(**flags))

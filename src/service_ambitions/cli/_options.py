@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
+
+from service_ambitions.errors import UsageError
+
+if TYPE_CHECKING:
+    from service_ambitions.domain.shard import Shard
 
 __all__ = [
     "BudgetMode",
@@ -22,9 +27,11 @@ __all__ = [
     "MappingModelOption",
     "ProgressOption",
     "RunBudgetUsdOption",
+    "ShardOption",
     "StrictOption",
     "SummaryJsonOption",
     "TraceIdsOption",
+    "parse_shard",
 ]
 
 CacheMode = Literal["off", "read", "refresh", "write"]
@@ -65,6 +72,15 @@ ProgressOption = Annotated[
 RunBudgetUsdOption = Annotated[
     float | None, typer.Option("--run-budget-usd", help="Spending cap for this run, in USD.")
 ]
+ShardOption = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        metavar="K/N",
+        help="Process only shard K of N (1 <= K <= N): the services whose service_id hashes to K; "
+        "combine the shard outputs with `merge`.",
+    ),
+]
 StrictOption = Annotated[
     bool | None,
     typer.Option("--strict/--lenient", help="Any unknown id, facet violation or gap fails that service."),
@@ -75,3 +91,19 @@ SummaryJsonOption = Annotated[
 TraceIdsOption = Annotated[
     bool, typer.Option("--trace-ids", help="Add request ids (and provider response ids) to model logs.")
 ]
+
+
+def parse_shard(value: str | None) -> Shard | None:
+    """``--shard 2/4`` → ``Shard(index=2, count=4)``; None when the flag is not given.
+
+    Raises:
+        UsageError: Not K/N with 1 <= K <= N.
+    """
+    if value is None:
+        return None
+    from service_ambitions.domain.shard import Shard  # noqa: PLC0415  (a pydantic model: keeps --help fast)
+
+    try:
+        return Shard.parse(value)
+    except ValueError as exc:
+        raise UsageError(f"--shard {exc}") from None

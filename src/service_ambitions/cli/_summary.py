@@ -3,52 +3,21 @@
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service_ambitions.store._atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from service_ambitions.context import RunContext
     from service_ambitions.engine.engine import RunReport
-    from service_ambitions.llm.cost import CostLedger, SpendTotals
+    from service_ambitions.settings import Settings
 
-__all__ = ["prompt_cache_data", "render_summary", "summary_data", "write_summary"]
-
-
-def _percentiles(samples: list[float]) -> dict[str, float | None]:
-    if not samples:
-        return {"p50": None, "p95": None}
-    if len(samples) == 1:
-        return {"p50": round(samples[0], 4), "p95": round(samples[0], 4)}
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
-    return {"p50": round(cuts[49], 4), "p95": round(cuts[94], 4)}
+__all__ = ["render_summary", "summary_data", "write_summary"]
 
 
-def _cache_share(totals: SpendTotals) -> dict[str, Any]:
-    prompt = totals.input_tokens
-    return {
-        "prompt_tokens": prompt,
-        "cached_tokens": totals.cache_read_tokens,
-        "cache_write_tokens": totals.cache_write_tokens,
-        "hit_rate": round(totals.cache_read_tokens / prompt, 4) if prompt else None,
-    }
-
-
-def prompt_cache_data(ledger: CostLedger) -> dict[str, Any]:
-    """Prompt tokens of the model requests and the share the provider served from its prompt cache."""
-    return {
-        **_cache_share(ledger.total),
-        "by_stage": {stage: _cache_share(totals) for stage, totals in sorted(ledger.by_stage.items())},
-    }
-
-
-def summary_data(context: RunContext, report: RunReport) -> dict[str, Any]:
-    """Everything the summary shows, JSON-serialisable."""
-    gateway = context.gateway
-    cache = context.cache.stats
-    stats = gateway.stats
+def summary_data(settings: Settings, report: RunReport) -> dict[str, Any]:
+    """Everything the summary shows, JSON-serialisable: the run report, rendered."""
+    calls = report.calls
     return {
         "run_id": report.run_id,
         "output": str(report.output),
@@ -64,32 +33,23 @@ def summary_data(context: RunContext, report: RunReport) -> dict[str, Any]:
         "quarantined": report.quarantined,
         "unknown_ids_dropped": report.unknown_ids,
         "model_calls": {
-            "calls": stats.calls,
-            "requests": stats.model_requests,
-            "output_reasks": stats.output_reasks,
-            "fallbacks": stats.fallbacks,
-            "transport_retries": gateway.transport_retries,
-            "failures": stats.failures,
-            "by_stage": dict(stats.by_stage),
+            "calls": calls.calls,
+            "requests": calls.requests,
+            "output_reasks": calls.output_reasks,
+            "fallbacks": calls.fallbacks,
+            "transport_retries": calls.transport_retries,
+            "failures": calls.failures,
+            "by_stage": dict(calls.by_stage),
         },
-        "cache": {
-            "hits": cache.hits,
-            "misses": cache.misses,
-            "corrupt": cache.corrupt,
-            "expired": cache.expired,
-            "writes": cache.writes,
-            "evictions": cache.evictions,
-        },
-        "tokens": {"input": stats.input_tokens, "output": stats.output_tokens},
-        "cost": gateway.ledger.snapshot(),
-        "prompt_cache": prompt_cache_data(gateway.ledger),
-        "rate_limits": gateway.limits_in_force(),
-        "latency_seconds": {
-            stage: _percentiles(samples) for stage, samples in sorted(gateway.durations.items())
-        },
+        "cache": dict(calls.cache),
+        "tokens": {"input": calls.input_tokens, "output": calls.output_tokens},
+        "cost": dict(calls.cost),
+        "prompt_cache": dict(calls.prompt_cache),
+        "rate_limits": dict(calls.rate_limits),
+        "latency_seconds": {stage: dict(values) for stage, values in calls.latency_seconds.items()},
         "budget": {
-            "usd": context.settings.run_budget_usd,
-            "mode": context.settings.budget_mode,
+            "usd": settings.run_budget_usd,
+            "mode": settings.budget_mode,
             "exhausted": report.budget_exhausted,
         },
         "interrupted": report.interrupted,
@@ -178,6 +138,15 @@ def render_summary(data: dict[str, Any]) -> str:
     if data["budget"]["exhausted"]:
         lines.append(
             f"  budget: ${data['budget']['usd']} reached; stopped admitting services (resume to continue)"
+        )
+    batches = data.get("batches")
+    if batches and "passes" in batches:
+        lines.append(
+            f"  batches: {batches['requests_submitted']} request(s) submitted now in "
+            f"{batches['batches_submitted']} batch(es) over {batches['waves_submitted']} wave(s) "
+            f"({batches['resubmitted']} resubmitted, {batches['adopted']} adopted); "
+            f"{batches['results_collected']} result(s) collected; {batches['passes']} pass(es); "
+            f"record: {batches['state']}"
         )
     lines.append(f"  wall time: {data['wall_seconds']:.2f} s")
     return "\n".join(lines)

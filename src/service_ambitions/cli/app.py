@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from service_ambitions import __version__
-from service_ambitions.cli import export, migrate, preflight, report, run, validate
+from service_ambitions.cli import export, merge, migrate, preflight, report, run, validate
+from service_ambitions.cli.batch import batch_app
 from service_ambitions.cli.cache import cache_app
 from service_ambitions.cli.map import map_command
 from service_ambitions.cli.quarantine import quarantine_app
@@ -33,6 +33,8 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
+        from service_ambitions import __version__  # noqa: PLC0415  (importlib.metadata: keeps --help fast)
+
         typer.echo(f"service-ambitions {__version__}")
         raise typer.Exit(0)
 
@@ -48,6 +50,7 @@ def _root(
 
 
 app.command("run")(run.run)
+app.command("merge")(merge.merge)
 app.command("validate")(validate.validate)
 app.command("preflight")(preflight.preflight)
 app.command("migrate")(migrate.migrate)
@@ -55,6 +58,7 @@ app.command("map")(map_command)
 app.command("reverse")(reverse)
 app.command("report")(report.report)
 app.command("export")(export.export)
+app.add_typer(batch_app, name="batch")
 app.add_typer(cache_app, name="cache")
 app.add_typer(quarantine_app, name="quarantine")
 

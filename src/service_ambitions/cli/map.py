@@ -51,10 +51,10 @@ from service_ambitions.cli.run import (
     parse_rate_limits,
 )
 from service_ambitions.errors import InputError, Interrupted, PathError, UsageError
-from service_ambitions.settings import Settings
 
 if TYPE_CHECKING:
     from service_ambitions.engine.remap import RemapEngine
+    from service_ambitions.settings import Settings
 
 __all__ = ["map_command"]
 
@@ -361,7 +361,7 @@ def map_command(
         report = engine.report
         if report is None:  # interrupted before the run started: nothing was written
             raise Interrupted("interrupted before any service started")
-        data = summary_data(context, report)
+        data = summary_data(settings, report)
         if summary_json is not None:
             write_summary(summary_json, data)
         if not quiet:

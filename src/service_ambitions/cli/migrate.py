@@ -7,16 +7,15 @@ from typing import Annotated
 
 import typer
 
-from service_ambitions import __version__
 from service_ambitions.cli._common import DataDirOption, RolesFileOption, err, exits
 from service_ambitions.cli._paths import check_readable_file, check_writable_file
-from service_ambitions.content import loader
-from service_ambitions.domain.output import SCHEMA_VERSION
 from service_ambitions.errors import InputError
-from service_ambitions.store.lock import output_lock
-from service_ambitions.store.migrate import MigrationOptions, find_migration, migrate_file
 
 __all__ = ["migrate"]
+
+CURRENT_SCHEMA = "1.1"
+"""``domain.output.SCHEMA_VERSION``, the ``--to`` default, spelled out: importing the pydantic models for
+``--help`` would make it slow (``tests/test_cli_import.py`` checks that the two agree)."""
 
 
 @exits
@@ -37,7 +36,7 @@ def migrate(
             show_default=False,
         ),
     ],
-    to_version: Annotated[str, typer.Option("--to", help="Schema version to write.")] = SCHEMA_VERSION,
+    to_version: Annotated[str, typer.Option("--to", help="Schema version to write.")] = CURRENT_SCHEMA,
     roles_file: RolesFileOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -53,6 +52,12 @@ def migrate(
     \b
         service-ambitions migrate --from 1.0 --to 1.1 --input old.jsonl --output evolutions.jsonl
     """
+    # content, pydantic models and migrations: imported when the command runs, not for --help
+    from service_ambitions import __version__  # noqa: PLC0415
+    from service_ambitions.content import loader  # noqa: PLC0415
+    from service_ambitions.store.lock import output_lock  # noqa: PLC0415
+    from service_ambitions.store.migrate import MigrationOptions, find_migration, migrate_file  # noqa: PLC0415
+
     find_migration(from_version, to_version)  # an unsupported pair fails before anything is read
     # worded like store.migrate's own errors: "input file X does not exist", "cannot write output file X"
     check_readable_file("input file", input_file, error=InputError)

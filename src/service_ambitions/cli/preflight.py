@@ -11,10 +11,7 @@ import typer
 
 from service_ambitions.cli._common import ConfigOption, DataDirOption, err, exits, settings_from_flags
 from service_ambitions.cli._paths import check_writable_dir, check_writable_file
-from service_ambitions.context import build_content
 from service_ambitions.errors import ServiceAmbitionsError, UsageError
-from service_ambitions.llm.providers import check_provider_keys
-from service_ambitions.store.quarantine import quarantine_dir_for
 
 __all__ = ["preflight"]
 
@@ -25,6 +22,8 @@ def _path_problems(output_file: Path, cache_dir: Path) -> tuple[list[str], list[
     Returns:
         The checks passed and the problems found, one line each.
     """
+    from service_ambitions.store.quarantine import quarantine_dir_for  # noqa: PLC0415
+
     checks: list[tuple[str, Path, Callable[[str, Path], None]]] = [
         ("--output-file", output_file, check_writable_file),
         ("quarantine directory", quarantine_dir_for(output_file), check_writable_dir),
@@ -59,6 +58,10 @@ def preflight(
     Writability is probed with a temporary file; nothing is created. Exit 0 when ready, 2 otherwise.
     Never calls a model.
     """
+    # imported here, not at the top: the content, providers and their SDKs are slow to import
+    from service_ambitions.context import build_content  # noqa: PLC0415
+    from service_ambitions.llm.providers import check_provider_keys  # noqa: PLC0415
+
     settings = settings_from_flags(
         config, model=model, output_file=output_file, cache_dir=cache_dir, data_dir=data_dir
     )

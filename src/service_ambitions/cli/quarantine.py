@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from service_ambitions.cli._common import err, exits, setup_logging
 from service_ambitions.errors import InputError, UsageError
-from service_ambitions.store.quarantine import QuarantineStore, matching, quarantine_dir_for
+
+if TYPE_CHECKING:
+    from service_ambitions.store.quarantine import QuarantineStore
 
 __all__ = ["quarantine_app"]
 
@@ -32,6 +34,9 @@ def _store(output_file: Path) -> QuarantineStore:
     Raises:
         InputError: Neither the output file nor its quarantine directory exists (a mistyped path).
     """
+    # pydantic models: imported when a command runs, not for --help
+    from service_ambitions.store.quarantine import QuarantineStore, quarantine_dir_for  # noqa: PLC0415
+
     setup_logging()
     directory = quarantine_dir_for(output_file)
     if not output_file.exists() and not directory.exists():
@@ -103,6 +108,8 @@ def rm(
         service-ambitions quarantine rm --service SVC-ADM-001
         service-ambitions quarantine rm --all
     """
+    from service_ambitions.store.quarantine import matching  # noqa: PLC0415
+
     if not (entry_ids or service or everything):
         raise UsageError("say what to remove: entry ids, --service S or --all")
     store = _store(output_file)

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from service_ambitions.cli._batches import BatchRun, RunMode, batch_runner, check_batch_flags
 from service_ambitions.cli._common import (
     ConfigOption,
     DataDirOption,
@@ -43,14 +44,13 @@ from service_ambitions.cli._options import (
     MappingModelOption,
     ProgressOption,
     RunBudgetUsdOption,
+    ShardOption,
     StrictOption,
     SummaryJsonOption,
     TraceIdsOption,
+    parse_shard,
 )
 from service_ambitions.cli._summary import render_summary, summary_data, write_summary
-from service_ambitions.context import RunContext, build_context
-from service_ambitions.engine.engine import ProcessingEngine, RunReport
-from service_ambitions.engine.estimate import estimate_calls
 from service_ambitions.errors import (
     BudgetExhausted,
     InputError,
@@ -60,12 +60,17 @@ from service_ambitions.errors import (
     SystemicFailure,
     UsageError,
 )
-from service_ambitions.observability.progress import RunProgress, progress_wanted
 from service_ambitions.observability.telemetry import telemetry
-from service_ambitions.settings import Settings
-from service_ambitions.store.inputs import BadLine, read_services
 from service_ambitions.store.lock import output_lock
 from service_ambitions.store.spool import spooled_input
+
+if TYPE_CHECKING:
+    from service_ambitions.context import RunContext
+    from service_ambitions.domain.shard import Shard
+    from service_ambitions.engine.engine import ProcessingEngine, RunReport, RunTally
+    from service_ambitions.llm.figures import Progress
+    from service_ambitions.observability.redaction import Redactor
+    from service_ambitions.settings import Settings
 
 __all__ = ["run"]
 
@@ -98,6 +103,7 @@ def run(
         int | None, typer.Option("--max-services", min=1, help="Process at most N services.")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed passed to models that accept one.")] = None,
+    shard: ShardOption = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -158,6 +164,23 @@ def run(
             "p=0.05[,kinds=429,500,timeout,malformed][,seed=N].",
         ),
     ] = None,
+    mode: Annotated[
+        RunMode | None,
+        typer.Option(
+            "--mode",
+            help="live (default): requests are sent as they come. batch: through the providers' batch "
+            "APIs (half price, results within 24 h), in waves; refused for models without one. auto: batch "
+            "where the model has a batch API, live otherwise.",
+        ),
+    ] = None,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="With --mode batch: submit the next wave and exit 0 without waiting; collect later with "
+            "--mode batch --resume (or `batch status`).",
+        ),
+    ] = False,
     debug: DebugOption = False,
     verbose: VerboseOption = 0,
     quiet: QuietOption = False,
@@ -169,6 +192,8 @@ def run(
     \b
         service-ambitions run --input-file samples/services.jsonl --model offline
         service-ambitions run --config config/app.yaml --model openai:gpt-5-mini --concurrency 16
+        service-ambitions run --model openai:gpt-5-mini --mode batch --no-wait
+        service-ambitions run --model openai:gpt-5-mini --mode batch --resume
     """
     redactor = build_redactor()
     setup_logging(verbose=verbose, quiet=quiet, json_logs=json_logs, trace_ids=trace_ids, redactor=redactor)
@@ -197,27 +222,39 @@ def run(
         run_budget_usd=run_budget_usd,
         budget_mode=budget_mode,
         allow_prompt_logging=allow_prompt_logging or None,
+        mode=mode,
     )
+    own = parse_shard(shard)
     check_run_paths(settings, summary_json)
-    context = build_context(settings, redactor=redactor)
+    check_batch_flags(settings, no_wait=no_wait)
+    context, make_engine = _start(settings, redactor, debug=debug, shard=own)
     try:
         if dry_run or estimate:
             with spooled_input(settings.input_file) as input_path:
                 if dry_run:
-                    _plan(context, settings, input_path, max_services)
+                    _plan(context, settings, input_path, max_services, own)
                 if estimate:
                     _estimate(context, settings, input_path, max_services)
             return
-        engine = ProcessingEngine(context, debug=debug)
+        engine = make_engine()
+        waves: BatchRun | None = None
         with (
             output_lock(settings.output_file),
             spooled_input(settings.input_file) as input_path,
             telemetry(version=context.tool_version, metrics_port=metrics_port),
             _progress_for(engine, context, input_path, max_services, enabled=progress, json_logs=json_logs),
         ):
+            if settings.mode != "live":
+                waves = batch_runner(
+                    context,
+                    engine,
+                    make_engine=make_engine,
+                    wait=not no_wait,
+                    resume=resume,
+                )
             try:
                 interrupted = asyncio.run(
-                    _run_until_signal(engine, input_path, settings, max_services, resume=resume)
+                    _run_until_signal(engine, input_path, settings, max_services, resume=resume, waves=waves)
                 )
             except PathError as exc:
                 where = engine.report.written_to if engine.report is not None else None
@@ -227,9 +264,19 @@ def run(
                     f"{exc}; the records written before it are in {where} (run again with --resume)"
                 ) from None
         report = engine.report
+        if waves is not None:
+            report = waves.outcome.report if waves.outcome is not None else waves.runner.engine.report
+        if waves is not None and not interrupted and waves.outcome is not None and not waves.outcome.finished:
+            waves.report_pending(summary_json=summary_json, quiet=quiet)
+            if report is None or (not report.budget_exhausted and report.systemic is None):
+                return  # exit 0: the batches run at the provider; --resume collects them
         if report is None:  # interrupted before the run started: nothing was written
+            if waves is not None:
+                raise Interrupted("interrupted: the submitted batches are recorded; --resume collects them")
             raise Interrupted("interrupted before any service started")
-        data = summary_data(context, report)
+        data = summary_data(settings, report)
+        if waves is not None:
+            data["batches"] = waves.summary()
         if summary_json is not None:
             write_summary(summary_json, data)
         if not quiet:
@@ -244,8 +291,26 @@ def run(
     _raise_for_outcome(settings, report)
 
 
+def _start(
+    settings: Settings, redactor: Redactor, *, debug: bool, shard: Shard | None
+) -> tuple[RunContext, Callable[[], ProcessingEngine]]:
+    """The run's context, and what makes its engines (batch mode makes one per pass)."""
+    # here, not at the top: the engine, the models and their SDKs are slow to import (keeps --help fast)
+    from service_ambitions.context import build_context  # noqa: PLC0415
+    from service_ambitions.engine.engine import ProcessingEngine  # noqa: PLC0415
+
+    context = build_context(settings, redactor=redactor)
+    return context, lambda: ProcessingEngine(context, debug=debug, shard=shard)
+
+
 async def _run_until_signal(
-    engine: ProcessingEngine, input_path: Path, settings: Settings, max_services: int | None, *, resume: bool
+    engine: ProcessingEngine,
+    input_path: Path,
+    settings: Settings,
+    max_services: int | None,
+    *,
+    resume: bool,
+    waves: BatchRun | None = None,
 ) -> bool:
     """Run the engine; SIGINT/SIGTERM stop admission and cancel in-flight work. True when interrupted."""
     loop = asyncio.get_running_loop()
@@ -263,7 +328,10 @@ async def _run_until_signal(
             loop.add_signal_handler(signum, on_signal, signum)
             installed.append(signum)
     try:
-        await engine.run(input_path, settings.output_file, max_services=max_services, resume=resume)
+        if waves is not None:
+            await waves.run(input_path, settings.output_file, max_services=max_services)
+        else:
+            await engine.run(input_path, settings.output_file, max_services=max_services, resume=resume)
     except asyncio.CancelledError:
         if not received:
             raise
@@ -319,9 +387,16 @@ def _raise_for_outcome(settings: Settings, report: RunReport) -> None:
         raise RunFailures(f"{report.quarantined} quarantine entr(ies) and --fail-on-quarantine is set")
 
 
-def _plan(context: RunContext, settings: Settings, input_path: Path, max_services: int | None) -> None:
+def _plan(
+    context: RunContext, settings: Settings, input_path: Path, max_services: int | None, shard: Shard | None
+) -> None:
+    from service_ambitions.store.inputs import BadLine, read_services  # noqa: PLC0415
+
     valid = invalid = 0
     for item in read_services(input_path):
+        service_id = item.service_id if isinstance(item, BadLine) else item.service.service_id
+        if shard is not None and not shard.owns(service_id):
+            continue
         if isinstance(item, BadLine):
             invalid += 1
             err(f"{settings.input_file}:{item.line}: {item.reason}")
@@ -333,7 +408,8 @@ def _plan(context: RunContext, settings: Settings, input_path: Path, max_service
     sets = len(context.content.catalogues)
     per_service = 1 + plateaus * (1 + sets)
     err(
-        f"dry run: {valid} service(s) to process ({invalid} invalid line(s) would be quarantined); "
+        f"dry run: {valid} service(s) to process{f' in shard {shard}' if shard is not None else ''} "
+        f"({invalid} invalid line(s) would be quarantined); "
         f"{per_service} model calls per service, {valid * per_service} at most (cache hits cost nothing); "
         f"models {settings.stage_models()}; output {settings.output_file}"
     )
@@ -368,15 +444,18 @@ def _progress_for(
     enabled: bool,
     json_logs: bool,
 ) -> Iterator[None]:
+    from service_ambitions.observability.progress import RunProgress, progress_wanted  # noqa: PLC0415
+
     if not progress_wanted(sys.stderr, enabled=enabled, json_logs=json_logs):
         yield  # no display: do not read the input an extra time just to count it
         return
-    total = _count_services(input_path, max_services)
+    # A shard's share of the lines is known only once they are read: no total, rather than a wrong one.
+    total = _count_services(input_path, max_services) if engine.shard is None else None
     display = RunProgress(sys.stderr, total)
 
-    def update(report: RunReport) -> None:
-        done = report.services_ok + report.services_failed
-        display.update(done=done, calls=context.gateway.stats.calls, cost=context.gateway.ledger.total_usd)
+    def update(tally: RunTally, calls: Progress) -> None:
+        done = tally.services_ok + tally.services_failed
+        display.update(done=done, calls=calls.calls, cost=calls.cost_usd)
 
     engine.on_progress = update
     with display:
@@ -384,6 +463,8 @@ def _progress_for(
 
 
 def _estimate(context: RunContext, settings: Settings, input_path: Path, max_services: int | None) -> None:
+    from service_ambitions.engine.estimate import estimate_calls  # noqa: PLC0415
+
     if not input_path.exists():
         raise InputError(f"input file {settings.input_file} does not exist")
     services = _count_services(input_path, max_services) or 0

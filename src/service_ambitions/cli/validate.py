@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,18 +16,17 @@ from service_ambitions.cli._common import (
     exits,
     settings_from_flags,
 )
-from service_ambitions.content import loader
-from service_ambitions.domain.output import ServiceEvolution
 from service_ambitions.errors import ContentError, InputError, ServiceAmbitionsError
-from service_ambitions.settings import Settings
-from service_ambitions.store.inputs import BadLine, read_services
-from service_ambitions.store.reader import iter_evolutions
-from service_ambitions.store.spool import spooled_input
+
+if TYPE_CHECKING:
+    from service_ambitions.settings import Settings
 
 __all__ = ["validate"]
 
 
 def _content_findings(settings: Settings) -> list[str]:
+    from service_ambitions.content import loader  # noqa: PLC0415
+
     findings: list[str] = []
     data = settings.data_dir or loader.default_data_dir()
     prompts = settings.prompt_dir or loader.default_prompt_dir()
@@ -56,6 +55,9 @@ def _content_findings(settings: Settings) -> list[str]:
 
 def _output_findings(output_file: Path, input_ids: list[str], *, allow_missing: bool) -> list[str]:
     """What a consumer relies on: a header, one record per input service, none foreign, input order."""
+    from service_ambitions.domain.output import ServiceEvolution  # noqa: PLC0415
+    from service_ambitions.store.reader import iter_evolutions  # noqa: PLC0415
+
     findings: list[str] = []
     position = {service_id: index for index, service_id in enumerate(input_ids)}
     seen: set[str] = set()
@@ -123,6 +125,10 @@ def validate(
         service-ambitions validate --input-file samples/services.jsonl
         service-ambitions validate --input-file samples/services.jsonl --output-file evolutions.jsonl
     """
+    # the input reader (pydantic models): imported when the command runs, not for --help
+    from service_ambitions.store.inputs import BadLine, read_services  # noqa: PLC0415
+    from service_ambitions.store.spool import spooled_input  # noqa: PLC0415
+
     findings: list[str] = []
     try:
         settings = settings_from_flags(

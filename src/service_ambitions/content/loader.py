@@ -1,4 +1,10 @@
-"""Loading reference data and prompt files into one immutable :class:`Content` (DOMAIN §2)."""
+"""Loading reference data and prompt files into one immutable :class:`Content` (DOMAIN §2).
+
+:func:`load_content` builds the content from a :class:`~service_ambitions.content.source.ContentSource`:
+:class:`DirectorySource` (the data and prompt directories, what the CLI uses) or
+:class:`~service_ambitions.content.source.InMemorySource` (Python objects, no files). The keyword form
+``load_content(data_dir=..., prompt_dir=..., ...)`` is short for ``load_content(DirectorySource(...))``.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,21 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from service_ambitions.content.catalogue import build_catalogue, catalogue_hash, facet_model
 from service_ambitions.content.render import render_system_prompt
+from service_ambitions.content.source import (
+    STAGES,
+    ContentSource,
+    Prompts,
+    check_catalogue,
+    check_plateaus,
+    check_prompts,
+    check_roles,
+)
 from service_ambitions.domain.reference import Catalogue, Definitions, MappingSet, Plateau, Role
 from service_ambitions.domain.responses import (
     DescriptionsResponse,
@@ -26,6 +41,7 @@ from service_ambitions.errors import ContentError
 __all__ = [
     "STAGE_TEMPLATES",
     "Content",
+    "DirectorySource",
     "default_data_dir",
     "default_prompt_dir",
     "load_content",
@@ -77,10 +93,6 @@ class Content:
             if catalogue.field == field_name:
                 return catalogue
         raise KeyError(field_name)
-
-
-def _line_of(text: str, position: int) -> int:
-    return text.count("\n", 0, position) + 1
 
 
 def _read_error(path: Path, exc: OSError) -> ContentError:
@@ -143,12 +155,7 @@ def _validate(path: Path, adapter: TypeAdapter[Any], raw: Any) -> Any:
 def load_plateaus(path: Path) -> list[Plateau]:
     """Read the plateaus file; the level of each plateau is its 1-based position."""
     plateaus: list[Plateau] = _validate(path, TypeAdapter(list[Plateau]), read_json(path))
-    if not plateaus:
-        raise ContentError(f"{path}: at least one plateau is required")
-    names = [plateau.name for plateau in plateaus]
-    if len(set(names)) != len(names):
-        raise ContentError(f"{path}: plateau names must be unique")
-    return [plateau.model_copy(update={"level": index}) for index, plateau in enumerate(plateaus, start=1)]
+    return check_plateaus(str(path), plateaus)
 
 
 def resolve_roles_path(roles_file: Path | None, data_dir: Path) -> Path:
@@ -163,13 +170,7 @@ def resolve_roles_path(roles_file: Path | None, data_dir: Path) -> Path:
 def load_roles(path: Path) -> list[Role]:
     """Read the roles file; ids must be unique."""
     roles: list[Role] = _validate(path, TypeAdapter(list[Role]), read_json(path))
-    if not roles:
-        raise ContentError(f"{path}: at least one role is required")
-    ids = [role.role_id for role in roles]
-    duplicates = sorted({role_id for role_id in ids if ids.count(role_id) > 1})
-    if duplicates:
-        raise ContentError(f"{path}: duplicate role_id {', '.join(duplicates)}")
-    return roles
+    return check_roles(str(path), roles)
 
 
 def load_catalogue(path: Path, mapping_set: MappingSet) -> Catalogue:
@@ -181,13 +182,7 @@ def load_catalogue(path: Path, mapping_set: MappingSet) -> Catalogue:
         raise _explain(path, exc) from None
     except (TypeError, ValueError) as exc:
         raise ContentError(f"{path}: {exc}") from None
-    ids = [item.id for item in catalogue.items]
-    duplicates = sorted({item_id for item_id in ids if ids.count(item_id) > 1})
-    if duplicates:
-        raise ContentError(f"{path}: duplicate item id {', '.join(duplicates)}")
-    if not catalogue.items:
-        raise ContentError(f"{path}: the catalogue has no items")
-    return catalogue
+    return check_catalogue(str(path), catalogue)
 
 
 def _check_dir(what: str, path: Path) -> None:
@@ -197,6 +192,94 @@ def _check_dir(what: str, path: Path) -> None:
         raise ContentError(f"{what} {path} is a file, not a directory")
 
 
+class DirectorySource:
+    """Content read from a data directory and a prompt directory (the bundled ones by default).
+
+    Errors name the file, and the line or field. Both directories are checked before any file is read.
+    """
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path | None = None,
+        prompt_dir: Path | None = None,
+        roles_file: Path | None = None,
+        context_id: str,
+        inspiration: str,
+        mapping_sets: list[MappingSet],
+    ) -> None:
+        self.data_dir = data_dir or default_data_dir()
+        self.prompt_dir = prompt_dir or default_prompt_dir()
+        self.roles_path = resolve_roles_path(roles_file, self.data_dir)
+        self.context_path = self.prompt_dir / "situational_context" / f"{context_id}.md"
+        self.inspiration_path = self.prompt_dir / "inspirations" / f"{inspiration}.md"
+        self.mapping_sets = list(mapping_sets)
+
+    def _data(self) -> Path:
+        _check_dir("data directory", self.data_dir)
+        _check_dir("prompt directory", self.prompt_dir)
+        return self.data_dir
+
+    def plateaus(self) -> list[Plateau]:
+        """``service_feature_plateaus.json``."""
+        return load_plateaus(self._data() / PLATEAUS_FILE)
+
+    def roles(self) -> list[Role]:
+        """``roles.json``, or the ``--roles-file``."""
+        self._data()
+        return load_roles(self.roles_path)
+
+    def catalogues(self) -> list[Catalogue]:
+        """The file of each mapping set."""
+        data = self._data()
+        return [load_catalogue(data / item.file, item) for item in self.mapping_sets]
+
+    def definitions(self) -> Definitions:
+        """``definitions.json``."""
+        path = self._data() / DEFINITIONS_FILE
+        definitions: Definitions = _validate(path, TypeAdapter(Definitions), read_json(path))
+        return definitions
+
+    def prompts(self) -> Prompts:
+        """The situational context and inspiration chosen, and the stage templates."""
+        self._data()
+        return Prompts(
+            situational_context=read_text(self.context_path),
+            inspirations=read_text(self.inspiration_path),
+            templates={stage: read_text(self.prompt_dir / name) for stage, name in STAGE_TEMPLATES.items()},
+        )
+
+    def files(self) -> list[Path]:
+        """The files the content is read from, in digest order."""
+        return [
+            self.data_dir / PLATEAUS_FILE,
+            self.roles_path,
+            *(self.data_dir / item.file for item in self.mapping_sets),
+            self.data_dir / DEFINITIONS_FILE,
+            self.context_path,
+            self.inspiration_path,
+            *(self.prompt_dir / name for name in STAGE_TEMPLATES.values()),
+        ]
+
+    def digest(self) -> str:
+        """SHA-256 over the names and bytes of :meth:`files`."""
+        digest = hashlib.sha256()
+        for path in self.files():
+            digest.update(path.name.encode())
+            digest.update(b"\0")
+            try:
+                digest.update(path.read_bytes())
+            except OSError as exc:  # changed since it was read
+                raise _read_error(path, exc) from None
+            digest.update(b"\0")
+        return digest.hexdigest()
+
+
+@overload
+def load_content(source: ContentSource, /) -> Content: ...
+
+
+@overload
 def load_content(
     *,
     data_dir: Path | None,
@@ -205,68 +288,53 @@ def load_content(
     context_id: str,
     inspiration: str,
     mapping_sets: list[MappingSet],
-) -> Content:
-    """Load and validate all content for a run.
+) -> Content: ...
+
+
+def load_content(source: ContentSource | None = None, /, **directories: Any) -> Content:
+    """Load and validate all content for a run, from a source or (keywords) from directories.
+
+    ``load_content(data_dir=..., prompt_dir=..., roles_file=..., context_id=..., inspiration=...,
+    mapping_sets=...)`` reads the directories, as ``load_content(DirectorySource(...))`` does.
 
     Raises:
-        ContentError: A file is missing or malformed; the message names the file (and line or field).
+        ContentError: Content is missing or malformed; the message names the file (and line or field),
+            or the part of the source.
     """
-    data = data_dir or default_data_dir()
-    prompts = prompt_dir or default_prompt_dir()
-    _check_dir("data directory", data)
-    _check_dir("prompt directory", prompts)
-
-    plateaus = load_plateaus(data / PLATEAUS_FILE)
-    roles_path = resolve_roles_path(roles_file, data)
-    roles = load_roles(roles_path)
-    catalogues = [load_catalogue(data / item.file, item) for item in mapping_sets]
-    definitions: Definitions = _validate(
-        data / DEFINITIONS_FILE, TypeAdapter(Definitions), read_json(data / DEFINITIONS_FILE)
-    )
-    context_path = prompts / "situational_context" / f"{context_id}.md"
-    inspiration_path = prompts / "inspirations" / f"{inspiration}.md"
-    situational_context = read_text(context_path)
-    inspirations = read_text(inspiration_path)
-    templates = {stage: read_text(prompts / name) for stage, name in STAGE_TEMPLATES.items()}
-
+    if source is None:
+        source = DirectorySource(**directories)
+    elif directories:
+        raise TypeError("load_content takes a source or directory keywords, not both")
+    where = type(source).__name__
+    plateaus = check_plateaus(f"{where} plateaus", source.plateaus())
+    roles = check_roles(f"{where} roles", source.roles())
+    catalogues = [check_catalogue(f"{where} catalogue {item.name}", item) for item in source.catalogues()]
+    fields = [item.field for item in catalogues]
+    repeated = sorted({name for name in fields if fields.count(name) > 1})
+    if repeated:
+        raise ContentError(f"{where} catalogues: more than one catalogue for field {', '.join(repeated)}")
+    definitions = source.definitions()
+    prompts = check_prompts(f"{where} prompts", source.prompts())
     system_prompt = render_system_prompt(
-        situational_context=situational_context,
+        situational_context=prompts.situational_context,
         plateaus=plateaus,
         definitions=definitions,
-        inspirations=inspirations,
+        inspirations=prompts.inspirations,
     )
-    files = [
-        data / PLATEAUS_FILE,
-        roles_path,
-        *(data / item.file for item in mapping_sets),
-        data / DEFINITIONS_FILE,
-        context_path,
-        inspiration_path,
-        *(prompts / name for name in STAGE_TEMPLATES.values()),
-    ]
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode())
-        digest.update(b"\0")
-        try:
-            digest.update(path.read_bytes())
-        except OSError as exc:  # changed since it was read above
-            raise _read_error(path, exc) from None
-        digest.update(b"\0")
     return Content(
         plateaus=plateaus,
         roles=roles,
         catalogues=catalogues,
         definitions=definitions,
-        situational_context=situational_context,
-        inspirations=inspirations,
-        templates=templates,
+        situational_context=prompts.situational_context,
+        inspirations=prompts.inspirations,
+        templates={stage: prompts.templates[stage] for stage in STAGES},
         system_prompt=system_prompt,
         catalogue_hash=catalogue_hash(catalogues),
-        digest=digest.hexdigest(),
+        digest=source.digest(),
         descriptions_model=descriptions_response_model([plateau.name for plateau in plateaus]),
         features_model=features_response_model([role.role_id for role in roles]),
         mapping_models={item.field: mapping_response_model(item.field) for item in catalogues},
         facet_models={item.field: facet_model(item.field, item.facets) for item in catalogues if item.facets},
-        files=files,
+        files=source.files() if isinstance(source, DirectorySource) else [],
     )

@@ -1,14 +1,15 @@
-"""Output records of ``evolutions.jsonl`` (schema 1.1, DOMAIN §4) and canonical ordering."""
+"""Output records of ``evolutions.jsonl`` (schema 1.1, DOMAIN §4); their canonical order is ``grouping``'s."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from service_ambitions.domain.inputs import ServiceInput
 from service_ambitions.domain.reference import Role
 from service_ambitions.domain.responses import Score
+from service_ambitions.domain.shard import MergedShard, Shard
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -136,3 +137,22 @@ class Header(_Record):
         description="Per stage (mapping: per set, 'mapping:<field>'), a digest of the cache keys the stage's "
         "calls had for a fixed probe record: equal digests mean equal models, settings, prompts and content.",
     )
+    shard: Shard | None = Field(
+        default=None,
+        description="The shard of the input this file holds (`run --shard K/N`); absent otherwise.",
+    )
+    shards: list[MergedShard] | None = Field(
+        default=None, description="The shard files a `merge` made this file from; absent otherwise."
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unsharded(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Written only when set: the header of an unsharded run stays byte for byte what it was.
+        data: dict[str, Any] = handler(self)
+        for key in _SHARD_KEYS:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+_SHARD_KEYS = ("shard", "shards")

@@ -1,15 +1,13 @@
-"""Assembly of one plateau's result in canonical order (DOMAIN §3 step 3, §4)."""
+"""Assembly of one plateau's result in canonical order (DOMAIN §3 step 3, §4).
+
+The order and grouping themselves are the domain's (``domain/grouping.py``), shared with the 1.0 → 1.1
+migration; this module fills in each feature's mappings from the merged mapping answers.
+"""
 
 from __future__ import annotations
 
-from service_ambitions.domain.output import (
-    FeatureRef,
-    MappingGroup,
-    PlateauFeature,
-    PlateauResult,
-    RoleFeatures,
-    SupportingItem,
-)
+from service_ambitions.domain.grouping import by_feature_id, mapping_groups, role_features
+from service_ambitions.domain.output import MappingGroup, PlateauFeature, PlateauResult, SupportingItem
 from service_ambitions.domain.reference import Catalogue, Plateau, Role
 
 __all__ = ["assemble_plateau"]
@@ -35,46 +33,21 @@ def assemble_plateau(
         contributions: ``field -> feature_id -> supporting items``.
     """
     complete: list[PlateauFeature] = []
-    for feature in sorted(features, key=lambda item: item.feature_id):
+    for feature in by_feature_id(features):
         mappings = {
             catalogue.field: list(contributions.get(catalogue.field, {}).get(feature.feature_id, []))
             for catalogue in catalogues
         }
         complete.append(feature.model_copy(update={"mappings": mappings}))
-
-    by_role = [
-        RoleFeatures(
-            role_id=role.role_id,
-            name=role.name,
-            description=role.description,
-            features=[feature for feature in complete if feature.customer_type == role.role_id],
-        )
-        for role in sorted(roles, key=lambda role: role.role_id)
-    ]
-
     groups: dict[str, list[MappingGroup]] = {}
     for catalogue in catalogues:
         names = {item.id: item.name for item in catalogue.items}
-        refs: dict[str, list[FeatureRef]] = {}
-        for feature in complete:
-            for supporting in feature.mappings.get(catalogue.field, []):
-                refs.setdefault(supporting.item, []).append(
-                    FeatureRef(feature_id=feature.feature_id, description=feature.description)
-                )
-        groups[catalogue.field] = [
-            MappingGroup(
-                id=item_id,
-                name=names[item_id],
-                mappings=sorted(refs[item_id], key=lambda ref: ref.feature_id),
-            )
-            for item_id in sorted(refs)
-        ]
-
+        groups[catalogue.field] = mapping_groups(catalogue.field, complete, names.__getitem__)
     return PlateauResult(
         plateau=plateau.level,
         plateau_name=plateau.name,
         description=description,
         features=complete,
-        roles=by_role,
+        roles=role_features(roles, complete),
         mappings=groups,
     )

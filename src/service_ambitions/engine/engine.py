@@ -19,7 +19,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import IO
 from service_ambitions.content.render import service_json
 from service_ambitions.context import RunContext, settings_digest
 from service_ambitions.domain.output import Header
+from service_ambitions.domain.shard import Shard
 from service_ambitions.engine.answers import stage_digests
 from service_ambitions.engine.batch import STDOUT, Batch, Job, RecordCache, StreamWriter, Writer, check_source
 from service_ambitions.engine.estimate import estimate_service_cost
@@ -44,12 +45,14 @@ from service_ambitions.errors import (
     UsageError,
 )
 from service_ambitions.llm.cost import Reservation
+from service_ambitions.llm.deferral import Deferred
+from service_ambitions.llm.figures import CallFigures, Progress
 from service_ambitions.store.inputs import BadLine, file_digest, read_services
 from service_ambitions.store.quarantine import QuarantineStore, quarantine_dir_for
 from service_ambitions.store.resume import prepare_resume
 from service_ambitions.store.writer import OutputWriter, discard_partial, partial_path_for, publish_partial
 
-__all__ = ["STDOUT", "Batch", "Job", "ProcessingEngine", "RunReport", "run_id_for"]
+__all__ = ["STDOUT", "Batch", "Job", "ProcessingEngine", "RunReport", "RunTally", "run_id_for"]
 
 log = logging.getLogger("service_ambitions.engine")
 
@@ -59,8 +62,8 @@ run stops admitting: one clear message instead of thousands of identical failure
 
 
 @dataclass
-class RunReport:
-    """What a run did; the CLI turns it into the summary and the exit code."""
+class RunTally:
+    """What a run has done so far (the engine's counters while it runs; frozen into a RunReport)."""
 
     run_id: str
     output: Path
@@ -88,6 +91,54 @@ class RunReport:
     services_seen: int = 0
     skipped_failed: int = 0
     """Services a resume skipped because an earlier run quarantined them without a record."""
+    deferred: int = 0
+    """Services waiting for an answer from a provider batch (``--mode batch``): finished in a later wave."""
+
+    def freeze(self, calls: CallFigures) -> RunReport:
+        """The immutable report of the run, with the figures of its model calls."""
+        values = {item.name: getattr(self, item.name) for item in fields(self)}
+        return RunReport(**{**values, "failed_ids": tuple(self.failed_ids)}, calls=calls)
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a run did, immutable: the CLI renders it into the summary and the exit code.
+
+    The counts of :class:`RunTally`, plus the figures of the run's model calls (usage, cost, latencies,
+    cache and limiter figures), so nothing outside ``llm/`` reads the gateway.
+    """
+
+    run_id: str
+    output: Path
+    services_ok: int = 0
+    services_failed: int = 0
+    input_invalid: int = 0
+    problems: int = 0
+    quarantined: int = 0
+    unknown_ids: int = 0
+    wall_seconds: float = 0.0
+    failed_ids: tuple[str, ...] = ()
+    resumed: int = 0
+    skipped: int = 0
+    from_cache: int = 0
+    interrupted: bool = False
+    budget_exhausted: bool = False
+    budget_warned: bool = False
+    repaired_bytes: int = 0
+    completed: bool = False
+    """Every admitted service of the input was processed (no interrupt, budget or systemic stop)."""
+    systemic: str | None = None
+    """Why the run stopped early because every call failed alike (e.g. the server is unreachable)."""
+    written_to: Path | None = None
+    """Where the records are: the output, or ``<output>.partial`` when an earlier output was kept."""
+    services_seen: int = 0
+    skipped_failed: int = 0
+    """Services a resume skipped because an earlier run quarantined them without a record."""
+    deferred: int = 0
+    """Services waiting for an answer from a provider batch (``--mode batch``): finished in a later wave."""
+
+    calls: CallFigures = field(default_factory=CallFigures)
+    """What the run's model calls did (``Gateway.figures()``)."""
 
     @property
     def without_record(self) -> int:
@@ -110,20 +161,32 @@ class _Slot:
 class ProcessingEngine:
     """Runs a batch: input file in, output file (+ quarantine) out."""
 
-    def __init__(self, context: RunContext, *, debug: bool = False, stream: IO[bytes] | None = None) -> None:
+    def __init__(
+        self,
+        context: RunContext,
+        *,
+        debug: bool = False,
+        stream: IO[bytes] | None = None,
+        shard: Shard | None = None,
+    ) -> None:
         """Create the engine.
 
         Args:
             context: The run's collaborators.
             debug: Let unexpected errors inside a job raise instead of quarantining the job.
             stream: Where the records go when the output path is ``-`` (:data:`STDOUT`).
+            shard: Process only the services this shard owns (``run --shard K/N``); the header says so.
         """
         self.context = context
+        self.shard = shard
         self.debug = debug
         self.stream = stream
         self._systemic_streak: tuple[str, int, str] | None = None
         self.report: RunReport | None = None
-        self.on_progress: Callable[[RunReport], None] | None = None
+        """The report of the last run, once it ended (however it ended)."""
+        self.tally: RunTally | None = None
+        """The counts of the run in progress."""
+        self.on_progress: Callable[[RunTally, Progress], None] | None = None
         self._pre_estimate: Decimal | None = None
         self.settings = context.settings
         self.watchdog = Watchdog(loop_budget=max(self.settings.stage_timeouts.model_dump().values()))
@@ -133,6 +196,7 @@ class ProcessingEngine:
             plateau_concurrency=self.settings.plateau_concurrency,
             stage_timeouts=self.settings.stage_timeouts,
             watchdog=self.watchdog,
+            metrics=context.metrics,
         )
         self.records = RecordCache(context)
 
@@ -197,10 +261,12 @@ class ProcessingEngine:
         """
         started = time.perf_counter()
         batch = self._batch(input_path)
-        report = RunReport(run_id=batch.header.run_id, output=output_path)
+        if self.shard is not None:
+            batch = _sharded(batch, self.shard)
+        report = RunTally(run_id=batch.header.run_id, output=output_path)
         writer, target, quarantine, skip = self._open_output(batch.header, output_path, report, resume=resume)
         self.watchdog.start(asyncio.get_running_loop())
-        self.report = report
+        self.tally = report
         try:
             await self._process(batch.items, writer, quarantine, report, max_services, skip)
         except asyncio.CancelledError:
@@ -218,12 +284,15 @@ class ProcessingEngine:
                 report.quarantined = quarantine.count()
                 report.wall_seconds = time.perf_counter() - started
                 report.written_to = self._settle(target, output_path, report)
+                self.report = report.freeze(self.context.gateway.figures())
         if report.services_seen == 0 and not skip:
-            log.warning("input %s holds no services: the output has a header only", input_path)
-        return report
+            of = f"shard {self.shard} of " if self.shard is not None else ""
+            log.warning("%sinput %s holds no services: the output has a header only", of, input_path)
+        assert self.report is not None
+        return self.report
 
     def _open_output(
-        self, header: Header, output_path: Path, report: RunReport, *, resume: bool
+        self, header: Header, output_path: Path, report: RunTally, *, resume: bool
     ) -> tuple[Writer, Path, QuarantineStore, set[str]]:
         """The writer, the file it writes, its quarantine and the services to skip (resume).
 
@@ -272,13 +341,15 @@ class ProcessingEngine:
         return writer, partial_output, quarantine, set()
 
     @staticmethod
-    def _settle(target: Path, output: Path, report: RunReport) -> Path:
+    def _settle(target: Path, output: Path, report: RunTally) -> Path:
         """Publish a partial output when the run is complete or there is no earlier output to keep."""
         if target == output:  # resumed in place, or written to stdout
             return output
-        if report.completed or not output.exists():
+        if report.completed or (not output.exists() and not report.deferred):
             publish_partial(output)
             return output
+        if report.deferred:  # a wave of batch mode: the next pass writes the output afresh
+            return target
         log.warning(
             "the run did not complete: %s was kept as it was; this run's records are in %s "
             "(run again with --resume to finish them)",
@@ -292,7 +363,7 @@ class ProcessingEngine:
         items: Iterable[Job | BadLine],
         writer: Writer,
         quarantine: QuarantineStore,
-        report: RunReport,
+        report: RunTally,
         max_services: int | None,
         skip: set[str],
     ) -> None:
@@ -310,7 +381,7 @@ class ProcessingEngine:
                     writer.write_line(slot.result.line_bytes())
                 capacity.release()
                 if self.on_progress is not None:
-                    self.on_progress(report)
+                    self.on_progress(report, self.context.gateway.progress())
 
         async def one(index: int, job: Job, hold: Reservation | None) -> None:
             slot = slots[index]
@@ -318,7 +389,7 @@ class ProcessingEngine:
                 slot.result = await self._service(job, quarantine, report)
             finally:
                 if hold is not None:
-                    spent = self.context.gateway.ledger.by_service.get(job.service_id)
+                    spent = self.context.ledger.by_service.get(job.service_id)
                     hold.settle(spent.usd if spent is not None else None)
                 slot.done = True
                 drain()
@@ -342,10 +413,10 @@ class ProcessingEngine:
                 slots[scheduled] = _Slot()
                 group.create_task(one(scheduled, item, hold))
                 scheduled += 1
-        report.completed = not stopped and report.systemic is None
+        report.completed = not stopped and report.systemic is None and not report.deferred
 
     async def _admit(
-        self, capacity: asyncio.Semaphore, service_id: str, report: RunReport
+        self, capacity: asyncio.Semaphore, service_id: str, report: RunTally
     ) -> tuple[bool, Reservation | None]:
         """Wait for capacity, then admit unless the run must stop (systemic failures, budget)."""
         await capacity.acquire()
@@ -357,7 +428,7 @@ class ProcessingEngine:
         capacity.release()
         return False, None
 
-    def _admit_within_budget(self, service_id: str, report: RunReport) -> Reservation | None:
+    def _admit_within_budget(self, service_id: str, report: RunTally) -> Reservation | None:
         """Hold this service's estimated cost; stop admitting when the budget would be crossed.
 
         Raises:
@@ -366,7 +437,7 @@ class ProcessingEngine:
         budget = self.settings.run_budget_usd
         if budget is None:
             return None
-        ledger = self.context.gateway.ledger
+        ledger = self.context.ledger
         estimate = self._service_estimate(report)
         if ledger.would_exceed(Decimal(str(budget)), estimate):
             if self.settings.budget_mode == "enforce":
@@ -385,9 +456,9 @@ class ProcessingEngine:
                 log.warning("budget: the run is about to pass its $%s budget (budget_mode: warn)", budget)
         return ledger.reserve(estimate, service_id=service_id)
 
-    def _service_estimate(self, report: RunReport) -> Decimal:
+    def _service_estimate(self, report: RunTally) -> Decimal:
         """Expected cost of one service: the average so far, or a pre-run estimate from prompt sizes."""
-        ledger = self.context.gateway.ledger
+        ledger = self.context.ledger
         finished = report.services_ok + report.services_failed
         if finished and ledger.total_usd > 0:
             return ledger.total_usd / finished
@@ -395,7 +466,7 @@ class ProcessingEngine:
             self._pre_estimate = self._job_estimate()
         return self._pre_estimate
 
-    def _bad_line(self, item: BadLine, quarantine: QuarantineStore, report: RunReport) -> None:
+    def _bad_line(self, item: BadLine, quarantine: QuarantineStore, report: RunTally) -> None:
         report.input_invalid += 1
         log.warning("input line %d skipped: %s", item.line, item.reason)
         quarantine.add(
@@ -408,9 +479,7 @@ class ProcessingEngine:
             line=item.line,
         )
 
-    async def _service(
-        self, job: Job, quarantine: QuarantineStore, report: RunReport
-    ) -> ServiceResult | None:
+    async def _service(self, job: Job, quarantine: QuarantineStore, report: RunTally) -> ServiceResult | None:
         service_id = job.service_id
         key = self.records.key(job)
         try:
@@ -424,6 +493,9 @@ class ProcessingEngine:
             self._check_strict(
                 service_id, self._record_problems(service_id, job.line, result.problems, quarantine, report)
             )
+        except Deferred:
+            report.deferred += 1
+            return None
         except PipelineError as exc:
             self._failed(job, exc, quarantine, report)
             return None
@@ -442,7 +514,7 @@ class ProcessingEngine:
             return None
         self._systemic_streak = None
         report.services_ok += 1
-        metrics = self.context.gateway.metrics
+        metrics = self.context.metrics
         metrics.add(metrics.services, 1, {"outcome": "ok"})
         if result.unknown_ids:
             metrics.add(metrics.unknown_ids, result.unknown_ids)
@@ -465,9 +537,9 @@ class ProcessingEngine:
                 payload={"problems": [problem.error for problem in fatal]},
             )
 
-    def _failed(self, job: Job, exc: PipelineError, quarantine: QuarantineStore, report: RunReport) -> None:
+    def _failed(self, job: Job, exc: PipelineError, quarantine: QuarantineStore, report: RunTally) -> None:
         service_id = job.service_id
-        metrics = self.context.gateway.metrics
+        metrics = self.context.metrics
         metrics.add(metrics.services, 1, {"outcome": "failed"})
         report.services_failed += 1
         report.failed_ids.append(service_id)
@@ -487,7 +559,7 @@ class ProcessingEngine:
         )
         self._count_systemic(systemic, exc.message, report)
 
-    def _count_systemic(self, systemic: str | None, message: str, report: RunReport) -> None:
+    def _count_systemic(self, systemic: str | None, message: str, report: RunTally) -> None:
         """Stop admitting after SYSTEMIC_FAILURE_LIMIT services in a row failed the same systemic way."""
         if systemic is None:
             self._systemic_streak = None
@@ -505,7 +577,7 @@ class ProcessingEngine:
         line: int,
         problems: list[Problem],
         quarantine: QuarantineStore,
-        report: RunReport,
+        report: RunTally,
     ) -> list[Problem]:
         """Log and quarantine problems; return those that fail the service under --strict."""
         fatal: list[Problem] = []
@@ -527,6 +599,12 @@ class ProcessingEngine:
             if self.settings.strict:
                 fatal.append(problem)
         return fatal
+
+
+def _sharded(batch: Batch, shard: Shard) -> Batch:
+    """The part of ``batch`` that ``shard`` owns (bad lines included), under a header naming the shard."""
+    items = (item for item in batch.items if shard.owns(item.service_id))
+    return Batch(header=batch.header.model_copy(update={"shard": shard}), items=items)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

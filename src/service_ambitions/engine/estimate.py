@@ -14,8 +14,9 @@ from service_ambitions.llm.cost import estimate_usd
 
 if TYPE_CHECKING:
     from service_ambitions.context import RunContext
+    from service_ambitions.settings import Settings
 
-__all__ = ["CallEstimate", "estimate_calls", "estimate_service_cost"]
+__all__ = ["CallEstimate", "estimate_calls", "estimate_service_cost", "output_allowance"]
 
 # Typical answer sizes in tokens (measured on the offline model's answers, rounded up for real models,
 # which write longer prose): the output allowance when max_tokens is not set.
@@ -35,6 +36,11 @@ class CallEstimate:
     input_tokens: int
     output_tokens: int
     usd: Decimal | None
+
+
+def output_allowance(settings: Settings, stage: str) -> int:
+    """Output tokens to expect from one call of a stage: ``max_tokens``, else the stage's typical answer."""
+    return settings.max_tokens or _OUTPUT_TOKENS[stage]
 
 
 def estimate_calls(context: RunContext) -> list[CallEstimate]:
@@ -60,12 +66,14 @@ def estimate_calls(context: RunContext) -> list[CallEstimate]:
     for stage, (calls, chars) in shapes.items():
         model = settings.stage_model(stage)
         input_tokens = chars // 4
-        output_tokens = settings.max_tokens or _OUTPUT_TOKENS[stage]
+        output_tokens = output_allowance(settings, stage)
         if is_offline(model):
             rate = Decimal(str(settings.offline.usd_per_million_tokens))
             per_call: Decimal | None = rate * (input_tokens + output_tokens) / 1_000_000
         else:
-            per_call = estimate_usd(model, input_tokens, output_tokens)
+            per_call = estimate_usd(
+                model, input_tokens, output_tokens, processing="batch" if settings.mode != "live" else None
+            )
         estimates.append(
             CallEstimate(
                 stage=stage,

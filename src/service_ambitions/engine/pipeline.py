@@ -45,7 +45,9 @@ from service_ambitions.engine.mapping import merge_mapping
 from service_ambitions.engine.problems import Problem
 from service_ambitions.engine.watchdog import Watchdog
 from service_ambitions.errors import PipelineError, QuarantineKind, StageTimeout
+from service_ambitions.llm.deferral import Deferred
 from service_ambitions.llm.gateway import Gateway
+from service_ambitions.observability.metrics import RunMetrics
 from service_ambitions.settings import StageTimeouts
 from service_ambitions.store.migrate import UNKNOWN_MODEL
 
@@ -187,18 +189,27 @@ class ServicePipeline:
         plateau_concurrency: int,
         stage_timeouts: StageTimeouts | None = None,
         watchdog: Watchdog | None = None,
+        metrics: RunMetrics | None = None,
     ) -> None:
         self.content = content
         self.gateway = gateway
+        self.metrics = metrics or RunMetrics()
         self.plateau_concurrency = plateau_concurrency
         self.timeouts = stage_timeouts or StageTimeouts()
         self.watchdog = watchdog or Watchdog()
 
     @contextlib.asynccontextmanager
     async def _stage(self, stage: str, service_id: str) -> AsyncIterator[None]:
-        """Run a stage under its time budget; expiry becomes a ``timeout`` quarantine."""
+        """Run a stage under its time budget; expiry becomes a ``timeout`` quarantine.
+
+        The whole stage (re-asks, and for mapping every set's call) is timed in
+        ``sa_engine_stage_duration_seconds`` with ``outcome`` ``ok``, ``error``, ``timeout``, ``cancelled``
+        or ``deferred`` (batch mode).
+        """
         budget = float(getattr(self.timeouts, stage))
         loop = asyncio.get_running_loop()
+        started = loop.time()
+        outcome = "error"
         with self.watchdog.track(stage, service_id, budget) as token:
             # Mark the cancellation when the deadline passes, so a stage that swallows it is reported.
             marker = loop.call_later(budget, self.watchdog.cancelled, token)
@@ -208,10 +219,20 @@ class ServicePipeline:
                     yield
                 # A stage that swallowed its cancellation still overran: it is a timeout all the same.
                 expired = deadline.expired()
+                outcome = "timeout" if expired else "ok"
             except TimeoutError:
                 expired = True
+                outcome = "timeout"
+            except asyncio.CancelledError:  # not our deadline (that is a TimeoutError): a sibling or Ctrl-C
+                outcome = "cancelled"
+                raise
+            except Deferred:  # batch mode: the answer comes in a later wave; not a failure
+                outcome = "deferred"
+                raise
             finally:
                 marker.cancel()
+                attributes = {"stage": stage, "outcome": outcome}
+                self.metrics.record(self.metrics.stage_duration, loop.time() - started, attributes)
             if expired:
                 raise StageTimeout(
                     f"the {stage} stage exceeded its {budget:g} s budget", service_id=service_id, stage=stage
@@ -231,11 +252,16 @@ class ServicePipeline:
         # plateau's task is spawned and released when its mappings finish, in level order, so at
         # most ``plateau_concurrency`` plateaus are in flight.
         slots = asyncio.Semaphore(self.plateau_concurrency)
+        deferred: list[int] = []
 
+        @self.metrics.plateau_task
         async def plateau_task(plateau: Plateau) -> None:
             try:
                 done = await self._features(service, plateau, descriptions[plateau.level])
                 outcomes[plateau.level] = await self._map_plateau(service, done)
+            except Deferred:
+                # Batch mode: this plateau waits for the next wave; the others still queue theirs.
+                deferred.append(plateau.level)
             finally:
                 slots.release()
 
@@ -246,6 +272,8 @@ class ServicePipeline:
                     group.create_task(plateau_task(plateau))
         except* Exception as failures:
             raise failures.exceptions[0] from None
+        if deferred:
+            raise Deferred(f"plateaus {sorted(deferred)}")
 
         ordered = [outcomes[plateau.level] for plateau in self.content.plateaus]
         problems = [problem for outcome in ordered for problem in outcome.problems]
@@ -297,6 +325,7 @@ class ServicePipeline:
         outcomes: dict[int, _PlateauOutcome] = {}
         slots = asyncio.Semaphore(self.plateau_concurrency)
 
+        @self.metrics.plateau_task
         async def one(index: int, done: _FeaturesDone) -> None:
             try:
                 outcomes[index] = await self._map_plateau(service, done)
@@ -384,13 +413,16 @@ class ServicePipeline:
 
         async def map_set(index: int) -> tuple[int, Any]:
             catalogue = self.content.catalogues[index]
-            answer = await self.gateway.call(
-                stage="mapping",
-                service_id=service.service_id,
-                user_prompt=mapping_prompt(self.content, service, plateau, catalogue, listing),
-                output_type=self.content.mapping_models[catalogue.field],
-                validation_context=checks,
-            )
+            try:
+                answer = await self.gateway.call(
+                    stage="mapping",
+                    service_id=service.service_id,
+                    user_prompt=mapping_prompt(self.content, service, plateau, catalogue, listing),
+                    output_type=self.content.mapping_models[catalogue.field],
+                    validation_context=checks,
+                )
+            except Deferred:
+                return index, None  # batch mode: the other catalogues still queue their calls
             merged = merge_mapping(
                 catalogue=catalogue,
                 facet_model=self.content.facet_models.get(catalogue.field),
@@ -410,6 +442,8 @@ class ServicePipeline:
             except* Exception as failures:
                 raise failures.exceptions[0] from None
             results = sorted(task.result() for task in tasks)
+            if any(answer is None for _, answer in results):
+                raise Deferred(f"mapping of plateau {plateau.level}")
         for index, (model, merged) in results:
             field_name = self.content.catalogues[index].field
             contributions[field_name] = merged.contributions

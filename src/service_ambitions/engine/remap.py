@@ -27,7 +27,7 @@ from service_ambitions.domain.inputs import ServiceInput
 from service_ambitions.domain.output import Header
 from service_ambitions.engine.answers import stage_digests
 from service_ambitions.engine.batch import Batch, Job
-from service_ambitions.engine.engine import ProcessingEngine, RunReport, run_id_for
+from service_ambitions.engine.engine import ProcessingEngine, RunTally, run_id_for
 from service_ambitions.engine.estimate import estimate_service_cost
 from service_ambitions.engine.pipeline import ServiceResult
 from service_ambitions.engine.source import EvolutionSource, SourceRecord, open_source
@@ -148,9 +148,7 @@ class RemapEngine(ProcessingEngine):
                 continue
             yield self._job(item)
 
-    async def _service(
-        self, job: Job, quarantine: QuarantineStore, report: RunReport
-    ) -> ServiceResult | None:
+    async def _service(self, job: Job, quarantine: QuarantineStore, report: RunTally) -> ServiceResult | None:
         result = await super()._service(job, quarantine, report)
         # Counted here, where a record of this run was made (a resume's skipped ones never get here).
         if result is not None and job.service_id in self.services:

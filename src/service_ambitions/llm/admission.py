@@ -15,6 +15,7 @@ slot can never turn into a burst of permits taken minutes earlier.
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from pydantic_ai.exceptions import ModelRateLimitError
@@ -70,6 +71,9 @@ def _usage_tokens(body: bytes) -> int | None:
     return sum(numbers) if numbers else None
 
 
+_BATCH_PATHS = re.compile(r"/(files|batches)(/|$)")
+
+
 class RateLimitedTransport:
     """An httpx2 transport that admits each HTTP attempt under a model's limits and learns from answers."""
 
@@ -78,11 +82,18 @@ class RateLimitedTransport:
         self.limits = limits
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        """Take a permit, send, read the rate-limit headers, settle the permit with real usage."""
+        """Take a permit, send, read the rate-limit headers, settle the permit with real usage.
+
+        Batch API calls (files, batches) pass straight through: they are not model requests, and the
+        providers meter them apart.
+        """
+        if _BATCH_PATHS.search(request.url.path):
+            response: httpx2.Response = await self.wrapped.handle_async_request(request)
+            return response
         body = request.content if request.method == "POST" else b""
         admission = await self.limits.acquire(_body_estimate(body))
         try:
-            response: httpx2.Response = await self.wrapped.handle_async_request(request)
+            response = await self.wrapped.handle_async_request(request)
         except BaseException:
             admission.permit.settle(0)
             self.limits.failed_before_answer()

@@ -10,68 +10,20 @@ on timing or order, so the same seed gives the same failures however the run is 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic_ai.exceptions import ModelHTTPError, ModelRateLimitError, ModelServerError, ModelTimeoutError
 from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart
 from pydantic_ai.models.wrapper import WrapperModel
 
+from service_ambitions._failure_spec import KINDS, FailureSpec, parse_failure_spec
+
 if TYPE_CHECKING:
     from pydantic_ai.models import Model, ModelRequestParameters
     from pydantic_ai.settings import ModelSettings
 
+# The spec is parsed below ``settings`` (which validates it); re-exported for the callers of this module.
 __all__ = ["KINDS", "ChaosModel", "FailureSpec", "parse_failure_spec"]
-
-KINDS = ("429", "500", "timeout", "malformed")
-
-
-@dataclass(frozen=True)
-class FailureSpec:
-    """Probability, kinds and seed of injected failures."""
-
-    probability: float
-    kinds: tuple[str, ...] = KINDS
-    seed: int = 0
-
-
-def parse_failure_spec(text: str) -> FailureSpec:
-    """Parse ``p=0.05[,kinds=429,500,timeout,malformed][,seed=N]``.
-
-    Raises:
-        ValueError: Naming the part that is wrong.
-    """
-    probability: float | None = None
-    kinds: list[str] = []
-    seed = 0
-    current = ""
-    for raw in text.split(","):
-        part = raw.strip()
-        if not part:
-            continue
-        key, sep, value = part.partition("=")
-        if sep:
-            current = key.strip()
-            value = value.strip()
-        else:
-            value = key.strip()
-            if current != "kinds":
-                raise ValueError(f"{part!r}: expected key=value (p=, kinds=, seed=)")
-        if current == "p":
-            probability = float(value)
-            if not 0 <= probability <= 1:
-                raise ValueError(f"p={value}: a probability is between 0 and 1")
-        elif current == "kinds":
-            if value not in KINDS:
-                raise ValueError(f"kind {value!r} is not one of {', '.join(KINDS)}")
-            kinds.append(value)
-        elif current == "seed":
-            seed = int(value)
-        else:
-            raise ValueError(f"unknown key {current!r} (expected p, kinds, seed)")
-    if probability is None:
-        raise ValueError("p= is required, e.g. p=0.05")
-    return FailureSpec(probability=probability, kinds=tuple(kinds) or KINDS, seed=seed)
 
 
 class ChaosModel(WrapperModel):

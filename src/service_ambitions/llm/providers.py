@@ -151,14 +151,16 @@ def output_cap(model_id: str, settings: Settings) -> int | None:
     return LOCAL_OUTPUT_CAP if compatible_server(model_id, settings) else None
 
 
-def compatible_server_profile(mode: str) -> dict[str, Any]:
+def compatible_server_profile(mode: str, *, batches: bool = False) -> dict[str, Any]:
     """What pydantic-ai is told about an OpenAI-compatible server (llama.cpp, vLLM, Ollama...).
 
     OpenAI's own profile claims too much for them: llama.cpp's server answers a ``json_schema``
     response format with HTTP 500 and ignores ``tool_choice: "required"``, and they read the output cap
     from ``max_tokens``, not ``max_completion_tokens``. So ``auto`` becomes prompted JSON with a
     ``json_object`` response format, which they all accept; an explicit ``output_mode`` says what the
-    server can do (``native``: JSON schema; ``tool``: forced tool choice).
+    server can do (``native``: JSON schema; ``tool``: forced tool choice). ``batches`` (``--mode batch``
+    or ``auto``) says the server also offers OpenAI's Batch API (``/v1/files``, ``/v1/batches``), as
+    vLLM and LiteLLM's proxy do.
     """
     from pydantic_ai.profiles.openai import OpenAIModelProfile  # noqa: PLC0415
 
@@ -169,6 +171,7 @@ def compatible_server_profile(mode: str) -> dict[str, Any]:
             supports_json_object_output=True,
             supports_forced_tool_choice=mode == "tool",
             default_structured_output_mode="prompted",
+            openai_supports_batch_api=batches,
         )
     )
 
@@ -181,7 +184,9 @@ def _compatible_model(ref: ModelRef, model_id: str, provider: Any, settings: Set
     return model_class(  # type: ignore[no-any-return]
         ref.name,
         provider=provider,
-        profile=compatible_server_profile(settings.output_mode_for(model_id)),
+        profile=compatible_server_profile(
+            settings.output_mode_for(model_id), batches=settings.mode != "live"
+        ),
         settings=own,
     )
 

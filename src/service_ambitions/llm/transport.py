@@ -55,6 +55,32 @@ def _retriable(exc: BaseException) -> bool:
     return isinstance(exc, httpx2.TransportError)
 
 
+_MOST_ATTEMPTS = 100
+"""Attempts of one rate-limited request at most, however short its waits."""
+
+
+def _stop(attempts: int, rate_limited_for: float) -> Callable[[Any], bool]:
+    """Tenacity's stop condition: ``attempts`` attempts, but a 429 goes on for ``rate_limited_for`` seconds.
+
+    A 429 says "not now", not "no": when several processes share a key, each reset of the provider's
+    window is a race some of them lose, so a rate-limited request keeps waiting (as the provider's
+    ``Retry-After`` says) within a bounded time instead of failing its service after a few attempts.
+    """
+
+    def stop(state: Any) -> bool:
+        if state.attempt_number < attempts:
+            return False
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None and outcome.failed else None
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        # ``idle_for`` is the time waited between attempts (what the waits said, whatever the clock).
+        return not (
+            status == 429 and state.idle_for < rate_limited_for and state.attempt_number < _MOST_ATTEMPTS
+        )
+
+    return stop
+
+
 def _out_of_quota(response: httpx2.Response) -> bool:
     """OpenAI's (and compatible servers') 429 for an account without credit: waiting will not help."""
     try:
@@ -238,7 +264,7 @@ def retrying_client(
     """
     import httpx2  # noqa: PLC0415
     from pydantic_ai.retries import AsyncHTTPX2TenacityTransport, RetryConfig, wait_retry_after  # noqa: PLC0415
-    from tenacity import retry_if_exception, stop_after_attempt, wait_exponential  # noqa: PLC0415
+    from tenacity import retry_if_exception, wait_exponential  # noqa: PLC0415
 
     policy = settings.transport_retries
     config = RetryConfig(
@@ -246,7 +272,7 @@ def retrying_client(
         wait=wait_retry_after(
             fallback_strategy=wait_exponential(multiplier=0.5, max=policy.max_wait), max_wait=policy.max_wait
         ),
-        stop=stop_after_attempt(policy.attempts),
+        stop=_stop(policy.attempts, policy.rate_limited_for),
         before_sleep=functools.partial(_log_retry, on_retry=on_retry),
         reraise=True,
     )

@@ -6,16 +6,19 @@ nothing. Telemetry never breaks a run: every recording goes through :meth:`RunMe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
+from typing import Any, ParamSpec
 
 import logfire
 
 __all__ = ["METRIC_NAMES", "RunMetrics"]
 
 log = logging.getLogger("service_ambitions.metrics")
+_P = ParamSpec("_P")
 
 METRIC_NAMES = (
     "sa_llm_queue_depth",
@@ -30,6 +33,10 @@ METRIC_NAMES = (
     "sa_llm_rate_limit",
     "sa_cache_requests_total",
     "sa_engine_services_total",
+    "sa_engine_stage_duration_seconds",
+    "sa_engine_plateaus_inflight",
+    "sa_engine_plateaus_submitted_total",
+    "sa_engine_plateaus_completed_total",
     "sa_mapping_unknown_ids_total",
 )
 
@@ -71,6 +78,20 @@ class RunMetrics:
         self.services = lf.metric_counter(
             "sa_engine_services_total", unit="1", description="Services finished, by outcome."
         )
+        self.stage_duration = lf.metric_histogram(
+            "sa_engine_stage_duration_seconds",
+            unit="s",
+            description="One stage of one service, re-asks included (mapping: all of a plateau's sets).",
+        )
+        self.plateaus_inflight = lf.metric_up_down_counter(
+            "sa_engine_plateaus_inflight", unit="1", description="Plateau tasks running (each holds a slot)."
+        )
+        self.plateaus_submitted = lf.metric_counter(
+            "sa_engine_plateaus_submitted_total", unit="1", description="Plateau tasks started."
+        )
+        self.plateaus_completed = lf.metric_counter(
+            "sa_engine_plateaus_completed_total", unit="1", description="Plateau tasks finished, by outcome."
+        )
         self.unknown_ids = lf.metric_counter(
             "sa_mapping_unknown_ids_total",
             unit="1",
@@ -104,6 +125,30 @@ class RunMetrics:
                 unit="1/min",
                 description="Rate limit in force per model (requests or tokens per minute) and its source.",
             )
+
+    def plateau_task(self, task: Callable[_P, Awaitable[None]]) -> Callable[_P, Coroutine[Any, Any, None]]:
+        """Wrap a plateau task so that it is counted in the ``sa_engine_plateaus_*`` metrics.
+
+        Started: submitted and in flight; finished: no longer in flight, completed with ``outcome``
+        ``ok``, ``error`` (it raised) or ``cancelled`` (a sibling failed, or the run was interrupted).
+        """
+
+        @functools.wraps(task)
+        async def counted(*args: _P.args, **kwargs: _P.kwargs) -> None:
+            self.add(self.plateaus_submitted, 1)
+            self.add(self.plateaus_inflight, 1)
+            outcome = "error"
+            try:
+                await task(*args, **kwargs)
+                outcome = "ok"
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
+            finally:
+                self.add(self.plateaus_inflight, -1)
+                self.add(self.plateaus_completed, 1, {"outcome": outcome})
+
+        return counted
 
     @contextlib.contextmanager
     def safely(self) -> Iterator[None]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import IO, Any
 
-__all__ = ["RunProgress", "make_progress", "progress_wanted"]
+__all__ = ["RunProgress", "progress_wanted"]
 
 
 class RunProgress:
@@ -47,12 +47,3 @@ def progress_wanted(stream: IO[str], *, enabled: bool, json_logs: bool) -> bool:
     """True when ``stream`` is a terminal, logs are for people and the display is not switched off."""
     isatty = getattr(stream, "isatty", None)
     return enabled and not json_logs and isatty is not None and bool(isatty())
-
-
-def make_progress(
-    stream: IO[str], *, enabled: bool, json_logs: bool, total: int | None
-) -> RunProgress | None:
-    """A progress display when :func:`progress_wanted`; otherwise None."""
-    if not progress_wanted(stream, enabled=enabled, json_logs=json_logs):
-        return None
-    return RunProgress(stream, total)

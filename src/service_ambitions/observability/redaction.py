@@ -286,10 +286,6 @@ class Redactor:
             return _mask("secret_field")
         return self.redact_obj(value)
 
-    def redact_exception(self, exc: BaseException) -> str:
-        """Format ``exc`` with its traceback and chained causes (no locals), redacted."""
-        return self.redact("".join(traceback.format_exception(exc)))
-
 
 class RedactingFilter(logging.Filter):
     """Redacts a log record in place: message with its args, extras, exception and stack text.

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
-__all__ = ["TEMP_SUFFIX", "atomic_write_bytes", "fsync_dir"]
+__all__ = ["TEMP_SUFFIX", "atomic_write_bytes", "atomic_writer", "fsync_dir"]
 
 TEMP_SUFFIX = ".tmp"
 
@@ -26,12 +28,15 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix.
+@contextlib.contextmanager
+def atomic_writer(path: Path, *, durable: bool = True) -> Iterator[IO[bytes]]:
+    """A binary handle on a temp file that replaces ``path`` when the block succeeds.
+
+    Readers see the old file or the complete new one, never a mix. When the block raises, the temp file
+    is removed and ``path`` is left as it was. ``OSError`` from creating, writing or renaming propagates.
 
     Args:
         path: Destination file; its directory is created when missing.
-        data: The full content.
         durable: Also fsync the file and its directory (skip for content that is verified on read).
     """
     if not path.parent.is_dir():
@@ -39,7 +44,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())
@@ -50,3 +55,15 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix.
+
+    Args:
+        path: Destination file; its directory is created when missing.
+        data: The full content.
+        durable: Also fsync the file and its directory (skip for content that is verified on read).
+    """
+    with atomic_writer(path, durable=durable) as handle:
+        handle.write(data)

@@ -8,7 +8,7 @@ line converted, so a failed migration never leaves a partial file.
 Schema 1.0 files have no header; every line carries the ``meta`` of the run that wrote it, plateaus say
 ``service_description`` and features have no ``role``. Migrating to 1.1 moves every distinct ``meta`` into
 ``Header.migrated_from`` (one entry per run id, listing its services) and rebuilds roles and mapping
-groups in the canonical order of ``engine/assemble.py`` when the 1.0 record lacks them.
+groups when the 1.0 record lacks them, ordered and grouped by ``domain/grouping.py`` as a run's are.
 
 Every record the 1.0 format allows is accepted: a ``meta`` without ``schema_version``, with empty or
 partial ``models`` (a stage without a recorded model gets the provenance ``unknown``), features whose
@@ -21,11 +21,10 @@ ids do not follow today's id rule (kept as they are and reported), contributions
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import IO, Annotated, Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from service_ambitions import __version__
+from service_ambitions.domain.grouping import by_feature_id, mapping_group, mapping_groups, role_features
 from service_ambitions.domain.ids import feature_id
 from service_ambitions.domain.inputs import ServiceInput
 from service_ambitions.domain.output import (
@@ -44,14 +44,13 @@ from service_ambitions.domain.output import (
     PlateauProvenance,
     PlateauResult,
     Provenance,
-    RoleFeatures,
     ServiceEvolution,
     SupportingItem,
 )
 from service_ambitions.domain.reference import Role
 from service_ambitions.domain.responses import Score
 from service_ambitions.errors import InputError, UsageError
-from service_ambitions.store._atomic import TEMP_SUFFIX, fsync_dir
+from service_ambitions.store._atomic import atomic_writer
 
 __all__ = [
     "MIGRATIONS",
@@ -242,26 +241,17 @@ def _lines(path: Path, digest: _Digest) -> Iterator[tuple[int, Any]]:
 
 @contextlib.contextmanager
 def _atomic_output(path: Path) -> Iterator[IO[bytes]]:
-    """A handle on a temp file that replaces ``path`` only when the block succeeds."""
+    """A handle on a temp file that replaces ``path`` only when the block succeeds (``store/_atomic.py``).
+
+    Raises:
+        UsageError: The output cannot be created, written or renamed into place.
+    """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    except OSError as exc:
-        raise UsageError(f"cannot write output file {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_writer(path) as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        if isinstance(exc, OSError):
-            # Input errors are translated where they happen, so an OSError here is the output's.
-            raise UsageError(f"cannot write output file {path}: {exc.strerror or exc}") from None
-        raise
-    fsync_dir(path.parent)
+    except OSError as exc:
+        # Input errors are translated where they happen, so an OSError here is the output's.
+        raise UsageError(f"cannot write output file {path}: {exc.strerror or exc}") from None
 
 
 # --- schema 1.0 ----------------------------------------------------------------------------------
@@ -516,50 +506,26 @@ class _RecordConverter:
             },
         )
 
-    def _groups(self, name: str, features: list[PlateauFeature]) -> list[MappingGroup]:
-        refs: dict[str, list[FeatureRef]] = {}
-        for feature in features:
-            for supporting in feature.mappings.get(name, []):
-                refs.setdefault(supporting.item, []).append(
-                    FeatureRef(feature_id=feature.feature_id, description=feature.description)
-                )
-        return [
-            MappingGroup(
-                id=item_id,
-                name=self.group_names.get((name, item_id), item_id),
-                mappings=sorted(refs[item_id], key=lambda ref: ref.feature_id),
-            )
-            for item_id in sorted(refs)
-        ]
+    def _group_name(self, name: str, item_id: str) -> str:
+        return self.group_names.get((name, item_id), item_id)
 
     def _plateau(self, plateau: _PlateauV10) -> PlateauResult:
-        features = [
-            self._feature(item, plateau.plateau_name)
-            for item in sorted(plateau.features, key=lambda item: item.feature_id)
-        ]
-        roles = [
-            RoleFeatures(
-                role_id=role.role_id,
-                name=role.name,
-                description=role.description,
-                features=[feature for feature in features if feature.customer_type == role.role_id],
-            )
-            for role in map(self._role, self.role_ids)
-        ]
+        features = [self._feature(item, plateau.plateau_name) for item in by_feature_id(plateau.features)]
         groups: dict[str, list[MappingGroup]] = {}
         for name in self.fields:
             recorded = (plateau.mappings or {}).get(name)
             if recorded is None:
-                groups[name] = self._groups(name, features)
+                groups[name] = mapping_groups(name, features, functools.partial(self._group_name, name))
                 continue
+            # What the 1.0 record grouped is kept (names and all), only put in canonical order.
             groups[name] = [
-                MappingGroup(
-                    id=group.id,
-                    name=group.name or self.group_names.get((name, group.id), group.id),
-                    mappings=[
+                mapping_group(
+                    group.id,
+                    group.name or self._group_name(name, group.id),
+                    (
                         FeatureRef(feature_id=ref.feature_id, description=ref.description)
-                        for ref in sorted(group.mappings, key=lambda ref: ref.feature_id)
-                    ],
+                        for ref in group.mappings
+                    ),
                 )
                 for group in sorted(recorded, key=lambda group: group.id)
             ]
@@ -568,7 +534,7 @@ class _RecordConverter:
             plateau_name=plateau.plateau_name,
             description=plateau.service_description,
             features=features,
-            roles=roles,
+            roles=role_features(map(self._role, self.role_ids), features),
             mappings=groups,
         )
 
