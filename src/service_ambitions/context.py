@@ -1,7 +1,7 @@
 """The :class:`RunContext`: everything a run needs, built once from settings and passed down.
 
-This module only builds the context (and digests the settings and content it holds, for the run id, the
-header and the record-cache key). The types it holds come from their own packages: ``Settings`` from
+This module only builds the context (the run's identity, from its settings and content, is
+``engine/identity.py``). The types it holds come from their own packages: ``Settings`` from
 ``settings``, ``Content`` from ``content``, ``ResponseCache`` from ``store``, ``Gateway`` from ``llm``,
 ``CostLedger`` from ``llm``, ``Redactor`` and ``RunMetrics`` from ``observability``, the build commit
 from ``_build``.
@@ -9,8 +9,6 @@ from ``_build``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,17 +30,7 @@ from service_ambitions.store.cache import ResponseCache
 if TYPE_CHECKING:
     from pydantic_ai.models import Model
 
-__all__ = ["RunContext", "build_context", "git_sha", "settings_digest"]
-
-
-def settings_digest(settings: Settings, content: Content) -> str:
-    """Digest of everything in the settings and content that changes the output."""
-    basis = json.dumps(
-        {"settings": settings.output_affecting(), "content": content.digest},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(basis.encode()).hexdigest()
+__all__ = ["RunContext", "build_context", "git_sha"]
 
 
 @dataclass

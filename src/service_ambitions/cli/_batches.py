@@ -128,7 +128,7 @@ def batch_runner(
             belongs to other settings with batches pending.
         ConfigError: ``--mode batch`` and a stage model has no batch API.
     """
-    from service_ambitions.context import settings_digest  # noqa: PLC0415
+    from service_ambitions.engine.identity import settings_digest  # noqa: PLC0415
     from service_ambitions.engine.waves import WaveRunner  # noqa: PLC0415
     from service_ambitions.llm.batching import BatchCoordinator  # noqa: PLC0415
     from service_ambitions.store.batches import BatchState, state_path_for  # noqa: PLC0415

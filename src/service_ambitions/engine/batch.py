@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from service_ambitions.context import RunContext, settings_digest
+from service_ambitions.context import RunContext
 from service_ambitions.domain.output import Header
+from service_ambitions.engine.identity import settings_digest
 from service_ambitions.engine.pipeline import ServiceResult
 from service_ambitions.engine.problems import Problem
 from service_ambitions.errors import ResumeRefused

@@ -14,7 +14,6 @@ reorder buffer: memory stays O(concurrency) whatever the input size.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 import traceback
@@ -26,12 +25,13 @@ from pathlib import Path
 from typing import IO
 
 from service_ambitions.content.render import service_json
-from service_ambitions.context import RunContext, settings_digest
+from service_ambitions.context import RunContext
 from service_ambitions.domain.output import Header
 from service_ambitions.domain.shard import Shard
 from service_ambitions.engine.answers import stage_digests
 from service_ambitions.engine.batch import STDOUT, Batch, Job, RecordCache, StreamWriter, Writer, check_source
 from service_ambitions.engine.estimate import estimate_service_cost
+from service_ambitions.engine.identity import run_id_for, settings_digest
 from service_ambitions.engine.pipeline import ServicePipeline, ServiceResult
 from service_ambitions.engine.problems import Problem
 from service_ambitions.engine.watchdog import Watchdog
@@ -144,12 +144,6 @@ class RunReport:
     def without_record(self) -> int:
         """Services of this output that have no record: failed now, or skipped as failed before."""
         return self.services_failed + self.skipped_failed
-
-
-def run_id_for(input_digest: str, settings_digest: str, seed: int) -> str:
-    """A run id derived from what the run is made of (reruns share it)."""
-    basis = f"{input_digest}|{settings_digest}|{seed}"
-    return hashlib.sha256(basis.encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from service_ambitions.content.render import service_json
-from service_ambitions.context import RunContext, settings_digest
+from service_ambitions.context import RunContext
 from service_ambitions.domain.inputs import ServiceInput
 from service_ambitions.domain.output import Header
 from service_ambitions.engine.answers import stage_digests
 from service_ambitions.engine.batch import Batch, Job
 from service_ambitions.engine.engine import ProcessingEngine, RunTally, run_id_for
 from service_ambitions.engine.estimate import estimate_service_cost
+from service_ambitions.engine.identity import settings_digest
 from service_ambitions.engine.pipeline import ServiceResult
 from service_ambitions.engine.source import EvolutionSource, SourceRecord, open_source
 from service_ambitions.errors import InputError
