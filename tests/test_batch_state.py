@@ -6,11 +6,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from pydantic_ai.messages import ModelRequest, UserPromptPart
 from pydantic_ai.models import Model
-from pydantic_ai.models.batch import EncodedBatchRequest
+from pydantic_ai.models.batch import BatchRequest, EncodedBatchRequest
 from pydantic_ai.models.wrapper import WrapperModel
 
 from service_ambitions.errors import UsageError
+from service_ambitions.llm._batch_reconcile import handle_json
 from service_ambitions.llm.batching import BatchCoordinator, _chunks, _Queued, custom_id_for
 from service_ambitions.llm.deferral import BatchCall
 from service_ambitions.llm.offline import OfflineModel
@@ -149,3 +151,28 @@ def test_the_state_commits_synchronously(tmp_path: Path) -> None:
         other = sqlite3.connect(tmp_path / "s.sqlite3")
         assert other.execute("SELECT COUNT(*) FROM intents").fetchone() == (1,)
         other.close()
+
+
+async def test_an_in_memory_batch_of_an_ended_process_counts_as_expired(tmp_path: Path) -> None:
+    earlier = OfflineModel()  # the offline model's batches live in the instance that made them
+    encoded = await earlier.batch_encode(
+        BatchRequest(custom_id="a", messages=[ModelRequest(parts=[UserPromptPart("hello")])])
+    )
+    batch = await earlier.batch_create([encoded])
+    with BatchState(tmp_path / "s.sqlite3") as state:
+        intent = state.record_intent("offline", 1, ["a"])
+        state.record_batch(
+            intent,
+            batch_id=batch.id,
+            provider=batch.provider_name,
+            status="in_progress",
+            handle=handle_json(batch),
+            items=[Submitted("a", "descriptions", "S1")],
+        )
+        coordinator = BatchCoordinator(state)
+        coordinator.register("offline", OfflineModel())  # a later process: another instance
+        assert await coordinator.poll() == 0
+        row = state.item("a")
+        assert row is not None
+        assert row.status == "expired"
+        assert coordinator.may_resubmit(row)

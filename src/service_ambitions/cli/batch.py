@@ -12,7 +12,9 @@ matched to requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -33,6 +35,7 @@ from service_ambitions.errors import UsageError
 
 if TYPE_CHECKING:
     from service_ambitions.llm.batching import BatchCoordinator
+    from service_ambitions.observability.redaction import Redactor
     from service_ambitions.store.batches import BatchState
 
 __all__ = ["batch_app"]
@@ -50,8 +53,10 @@ OutputOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per batch on stdout.")]
 
 
-def _open(config: Path | None, output_file: Path | None, *, verbose: int, quiet: bool) -> tuple[Any, Path]:
-    """The settings and the state file of the output (which must exist)."""
+def _open(
+    config: Path | None, output_file: Path | None, *, verbose: int, quiet: bool
+) -> tuple[Any, Path, Redactor]:
+    """The settings, the state file of the output (which must exist) and the redactor of the logs."""
     redactor = build_redactor()
     setup_logging(verbose=verbose, quiet=quiet, json_logs=False, trace_ids=False, redactor=redactor)
     settings = settings_from_flags(config, output_file=output_file)
@@ -60,22 +65,50 @@ def _open(config: Path | None, output_file: Path | None, *, verbose: int, quiet:
     path = state_path_for(settings.output_file)
     if not path.is_file():
         raise UsageError(f"{settings.output_file} has no batches ({path} does not exist)")
-    return settings, path
+    return settings, path, redactor
 
 
-async def _with_coordinator(settings: Any, path: Path, work: Any) -> Any:
+def _on_batches(
+    config: Path | None,
+    output_file: Path | None,
+    work: Callable[[BatchCoordinator], Awaitable[None]],
+    *,
+    verbose: int,
+    quiet: bool,
+    lock: str | None = None,
+) -> None:
+    """Run ``work(coordinator)`` over the output's batches, the run's models in batch mode.
+
+    Args:
+        config: The ``--config`` file.
+        output_file: The output whose batches to work on.
+        work: What to do with the coordinator.
+        verbose: ``-v`` count.
+        quiet: ``-q``.
+        lock: Hold the output's lock under this command name (the commands that change the record).
+    """
+    settings, path, redactor = _open(config, output_file, verbose=verbose, quiet=quiet)
+    from service_ambitions.store.lock import output_lock  # noqa: PLC0415
+
+    with output_lock(settings.output_file, command=lock) if lock else contextlib.nullcontext():
+        asyncio.run(_with_coordinator(settings, path, redactor, work))
+
+
+async def _with_coordinator(
+    settings: Any, path: Path, redactor: Redactor, work: Callable[[BatchCoordinator], Awaitable[None]]
+) -> None:
     """Build the run's models in batch mode over the state, and run ``work(coordinator)``."""
     from service_ambitions.context import build_context  # noqa: PLC0415
     from service_ambitions.llm.batching import BatchCoordinator  # noqa: PLC0415
     from service_ambitions.store.batches import BatchState  # noqa: PLC0415
 
     settings = settings.model_copy(update={"mode": "batch" if settings.mode == "live" else settings.mode})
-    context = build_context(settings, redactor=build_redactor())
+    context = build_context(settings, redactor=redactor)
     try:
         with BatchState(path) as state:
             coordinator = BatchCoordinator(state, max_resubmissions=settings.batch_max_resubmissions)
             context.gateway.use_batches(coordinator, mode=settings.mode)
-            return await work(coordinator)
+            await work(coordinator)
     finally:
         context.close()
 
@@ -132,20 +165,14 @@ def status(
     \b
         service-ambitions batch status --output-file out/evolutions.jsonl
     """
-    settings, path = _open(config, output_file, verbose=verbose, quiet=quiet)
 
     async def work(coordinator: BatchCoordinator) -> None:
-        running = await _check(coordinator, collect=False)
+        running = await coordinator.poll(collect=False)
         _show(coordinator.state, as_json=as_json)
         if not quiet:
             err(f"{running} batch(es) running")
 
-    asyncio.run(_with_coordinator(settings, path, work))
-
-
-async def _check(coordinator: BatchCoordinator, *, collect: bool) -> int:
-    """Update every running batch's status (and collect those that ended); how many still run."""
-    return await coordinator.poll(collect=collect)
+    _on_batches(config, output_file, work, verbose=verbose, quiet=quiet)
 
 
 @batch_app.command("collect")
@@ -164,12 +191,10 @@ def collect(
     \b
         service-ambitions batch collect --output-file out/evolutions.jsonl
     """
-    settings, path = _open(config, output_file, verbose=verbose, quiet=quiet)
-    from service_ambitions.store.lock import output_lock  # noqa: PLC0415
 
     async def work(coordinator: BatchCoordinator) -> None:
         await coordinator.reconcile()
-        running = await _check(coordinator, collect=True)
+        running = await coordinator.poll(collect=True)
         _show(coordinator.state, as_json=as_json)
         if not quiet:
             err(
@@ -177,8 +202,7 @@ def collect(
                 f"{coordinator.stats.batches_collected} batch(es); {running} batch(es) running"
             )
 
-    with output_lock(settings.output_file, command="batch collect"):
-        asyncio.run(_with_coordinator(settings, path, work))
+    _on_batches(config, output_file, work, verbose=verbose, quiet=quiet, lock="batch collect")
 
 
 @batch_app.command("cancel")
@@ -198,8 +222,6 @@ def cancel(
     \b
         service-ambitions batch cancel --output-file out/evolutions.jsonl
     """
-    settings, path = _open(config, output_file, verbose=verbose, quiet=quiet)
-    from service_ambitions.store.lock import output_lock  # noqa: PLC0415
 
     async def work(coordinator: BatchCoordinator) -> None:
         await coordinator.reconcile()
@@ -209,8 +231,7 @@ def cancel(
         if not quiet:
             err(f"{len(cancelled)} batch(es) cancelled")
 
-    with output_lock(settings.output_file, command="batch cancel"):
-        asyncio.run(_with_coordinator(settings, path, work))
+    _on_batches(config, output_file, work, verbose=verbose, quiet=quiet, lock="batch cancel")
 
 
 @batch_app.command("forget")
@@ -225,7 +246,7 @@ def forget(
     Only needed for providers whose batches cannot be matched to requests (the run says so); check
     the provider's console for a stray batch first.
     """
-    settings, path = _open(config, output_file, verbose=0, quiet=quiet)
+    settings, path, _ = _open(config, output_file, verbose=0, quiet=quiet)
     from service_ambitions.store.batches import BatchState  # noqa: PLC0415
     from service_ambitions.store.lock import output_lock  # noqa: PLC0415
 

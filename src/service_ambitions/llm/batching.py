@@ -217,12 +217,12 @@ class BatchCoordinator:
         for row in self.state.batches(pending_only=True):
             model = self.model(row.model_id)
             handle = _handle(row.handle)
-            if handle.group.startswith(_IN_MEMORY) and not _created_here(model, handle):
+            batch = await _checked(model, handle, row)
+            if batch is None:
                 # The offline model's batches live in the process that made them: that one ended
                 # before collecting, so its requests count as expired (and are submitted again).
                 self.state.record_results(row.model_id, row.batch_id, (), handle=row.handle)
                 continue
-            batch = await _checked(model, handle, row)
             if batch.status != "ended" or not collect:
                 self.state.update_batch(
                     row.model_id, row.batch_id, status=batch.status, handle=_handle_json(batch)
@@ -271,21 +271,15 @@ class BatchCoordinator:
 _IN_MEMORY = "in-memory:"
 
 
-def _created_here(model: Model, batch: Batch) -> bool:
-    """Whether an in-memory batch (the offline model's) was created by this process's model."""
-    try:
-        probe = model.batch_max_requests is not None and batch.group == model._batch_state.group  # type: ignore[attr-defined]
-    except AttributeError:
-        return False
-    return bool(probe)
-
-
-async def _checked(model: Model, batch: Batch, row: BatchRow) -> Batch:
+async def _checked(model: Model, batch: Batch, row: BatchRow) -> Batch | None:
+    """The batch's current state; None for an in-memory batch this process's model does not hold."""
     from pydantic_ai.exceptions import UserError  # noqa: PLC0415
 
     try:
         return await model.batch_status(batch)
     except UserError as exc:
+        if batch.group.startswith(_IN_MEMORY):
+            return None
         raise UsageError(
             f"batch {row.batch_id} of {row.model_id} cannot be checked with the current settings: {exc}"
         ) from None
